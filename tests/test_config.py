@@ -1,0 +1,348 @@
+"""training/config.py: precedence, string parsing, error messages, cross-field checks, round trip, shipped configs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from training.config import TrainConfig, config_to_dict, load_config, save_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SHAPES = ["dataset_name=shapes"]
+
+
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+# ---- precedence --------------------------------------------------------------------------------------------------
+
+
+def test_defaults_build_a_valid_config():
+    config = load_config(None, SHAPES)
+    assert config == TrainConfig(dataset_name="shapes")
+    assert config.learning_rate == 1e-4 and config.mixed_precision == "no" and config.validation_prompts == []
+
+
+def test_defaults_lt_yaml_lt_overrides(tmp_path):
+    path = write_yaml(tmp_path, "dataset_name: shapes\nlearning_rate: 2e-4\nseed: 7\noutput_dir: from-yaml\n")
+    config = load_config(path, ["seed=8", "--train_batch_size=3"])
+    assert config.learning_rate == 2e-4  # YAML over default
+    assert config.seed == 8  # override over YAML
+    assert config.train_batch_size == 3  # override over default, leading -- allowed
+    assert config.output_dir == "from-yaml"
+    assert config.adam_beta1 == 0.9  # untouched default
+
+
+def test_later_override_wins():
+    assert load_config(None, [*SHAPES, "seed=1", "seed=2"]).seed == 2
+
+
+def test_empty_yaml_file_means_defaults(tmp_path):
+    assert load_config(write_yaml(tmp_path, "# nothing\n"), SHAPES) == TrainConfig(dataset_name="shapes")
+
+
+# ---- parsing strings to field types -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, key, expected",
+    [
+        ("train_batch_size=12", "train_batch_size", 12),
+        ("max_train_steps=1_000", "max_train_steps", 1000),
+        ("learning_rate=3e-4", "learning_rate", 3e-4),
+        ("learning_rate=1", "learning_rate", 1.0),
+        ("noise_offset=0.05", "noise_offset", 0.05),
+        ("output_dir=runs/a b", "output_dir", "runs/a b"),
+        ("report_to=none", "report_to", "none"),  # a plain str keeps "none"
+        ("hub_model_id=none", "hub_model_id", None),
+        ("pretrained_vae=NULL", "pretrained_vae", None),
+        ("snr_gamma=5", "snr_gamma", 5.0),
+        ("snr_gamma=null", "snr_gamma", None),
+        ("checkpointing_steps=none", "checkpointing_steps", None),
+        ("validation_seed=3", "validation_seed", 3),
+        ("validation_prompts=[a red circle, 'b, c']", "validation_prompts", ["a red circle", "b, c"]),
+        ("validation_prompts=[yes, 1]", "validation_prompts", ["yes", "1"]),  # list[str] keeps strings
+        ("validation_prompts=one,two , three", "validation_prompts", ["one", "two", "three"]),
+        ("validation_prompts=", "validation_prompts", []),
+        ("scheduler_config={num_train_timesteps: 500, beta_schedule: linear}", "scheduler_config",
+         {"num_train_timesteps": 500, "beta_schedule": "linear"}),
+    ],
+)
+def test_override_parsing(override, key, expected):
+    value = getattr(load_config(None, [*SHAPES, override]), key)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("text, expected", [(t, True) for t in ("true", "True", "1", "yes", "YES", "on")]
+                         + [(f, False) for f in ("false", "FALSE", "0", "no", "off")])
+def test_bool_parsing(text, expected):
+    assert load_config(None, [*SHAPES, f"use_ema={text}"]).use_ema is expected
+
+
+def test_dotted_override_sets_one_dict_entry():
+    config = load_config(None, [*SHAPES, "unet_config.block_out_channels=[32,64]", "unet_config.attention_head_dim=4",
+                                "scheduler_config.clip_sample=true", "vae_config.extra.depth=2",
+                                "vae_config.force_upcast=none"])
+    assert config.unet_config["block_out_channels"] == [32, 64]
+    assert config.unet_config["attention_head_dim"] == 4
+    assert config.unet_config["layers_per_block"] == 2  # the rest of the default dict is kept
+    assert config.scheduler_config["clip_sample"] is True
+    assert config.vae_config["extra"] == {"depth": 2}
+    assert config.vae_config["force_upcast"] is None
+    assert TrainConfig(dataset_name="shapes").unet_config["block_out_channels"] == [64, 128, 256]  # no aliasing
+
+
+def test_dotted_override_applies_on_top_of_yaml_dict(tmp_path):
+    path = write_yaml(tmp_path, "dataset_name: shapes\nscheduler_config: {num_train_timesteps: 100}\n")
+    config = load_config(path, ["scheduler_config.beta_schedule=linear"])
+    assert config.scheduler_config == {"num_train_timesteps": 100, "beta_schedule": "linear"}  # YAML dict replaced
+
+
+def test_yaml_scalars_follow_yaml_1_2(tmp_path):
+    path = write_yaml(tmp_path, "dataset_name: shapes\nmixed_precision: no\nlearning_rate: 1e-4\nuse_ema: yes\n"
+                                "hub_model_id: none\nadam_epsilon: 1.0e-8\n")
+    config = load_config(path, [])
+    assert config.mixed_precision == "no"  # PyYAML's YAML 1.1 would read False
+    assert config.learning_rate == 1e-4  # YAML 1.1 would read the string "1e-4"
+    assert config.use_ema is True and config.hub_model_id is None and config.adam_epsilon == 1e-8
+
+
+# ---- key and type errors ------------------------------------------------------------------------------------------
+
+
+def test_unknown_override_key_suggests_the_closest():
+    with pytest.raises(ValueError, match=r"Unknown config key `learnig_rate`\. Did you mean `learning_rate`\?"
+                                         r" Allowed keys: output_dir, .*kl_weight\."):
+        load_config(None, [*SHAPES, "learnig_rate=1e-4"])
+
+
+def test_unknown_yaml_key_names_the_file(tmp_path):
+    path = write_yaml(tmp_path, "dataset_name: shapes\ntrain_batchsize: 4\n")
+    with pytest.raises(ValueError, match=r"Unknown config key `train_batchsize` \(in .*config\.yaml\)\. "
+                                         r"Did you mean `train_batch_size`\?"):
+        load_config(path, [])
+
+
+def test_unknown_key_without_close_match():
+    with pytest.raises(ValueError, match=r"Unknown config key `zzzz`\. Allowed keys:"):
+        load_config(None, ["zzzz=1"])
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("learning_rate=fast", r"`learning_rate`: 'fast' is not a valid float\."),
+        ("train_batch_size=2.5", r"`train_batch_size`: '2\.5' is not a valid int\."),
+        ("use_ema=maybe", r"`use_ema`: 'maybe' is not a valid bool\. Use true/false"),
+        ("checkpointing_steps=often", r"`checkpointing_steps`: 'often' is not a valid int \| None\."),
+        ("unet_config=[1, 2]", r"`unet_config`: '\[1, 2\]' is not a valid dict\."),
+        ("validation_prompts=[a, b", r"`validation_prompts`: '\[a, b' is not a valid list\[str\]"),
+    ],
+)
+def test_wrong_type_in_override(override, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, [*SHAPES, override])
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("train_batch_size: 2.5", r"`train_batch_size`: 2\.5 is not a valid int\."),
+        ("center_crop: 1", r"`center_crop`: 1 is not a valid bool\."),
+        ("output_dir: 5", r"`output_dir`: 5 is not a valid str\."),
+        ("validation_prompts: [a, 3]", r"`validation_prompts`: \['a', 3\] is not a valid list\[str\]\."),
+        ("vae_config: 3", r"`vae_config`: 3 is not a valid dict\."),
+        ("seed: null", r"`seed`: None is not a valid int\."),
+    ],
+)
+def test_wrong_type_in_yaml(tmp_path, text, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(write_yaml(tmp_path, f"dataset_name: shapes\n{text}\n"), [])
+
+
+def test_wrong_type_in_constructor():
+    with pytest.raises(ValueError, match=r"`resolution`: '64' is not a valid int\."):
+        TrainConfig(dataset_name="shapes", resolution="64")
+
+
+def test_malformed_override():
+    with pytest.raises(ValueError, match=r"Override 'learning_rate' must look like key=value"):
+        load_config(None, [*SHAPES, "learning_rate"])
+
+
+def test_dotted_override_into_a_non_dict_field():
+    with pytest.raises(ValueError, match=r"`learning_rate` is not a dict field; dotted keys go into unet_config"):
+        load_config(None, [*SHAPES, "learning_rate.value=1"])
+
+
+def test_dotted_override_through_a_non_dict_entry():
+    with pytest.raises(ValueError, match=r"`unet_config\.sample_size` is not a dict"):
+        load_config(None, [*SHAPES, "unet_config.sample_size.x=1"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Config file '.*nope\.yaml' does not exist"):
+        load_config(tmp_path / "nope.yaml", [])
+    with pytest.raises(ValueError, match=r"must hold a mapping of keys to values, got list"):
+        load_config(write_yaml(tmp_path, "- a\n- b\n"), [])
+    with pytest.raises(ValueError, match=r"is not valid YAML"):
+        load_config(write_yaml(tmp_path, "a: [1, 2\n"), [])
+
+
+# ---- cross-field checks -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["learning_rate=0"], r"`learning_rate`: 0\.0 must be > 0"),
+        (["learning_rate=nan"], r"`learning_rate`: nan must be > 0"),
+        (["vae_learning_rate=-1"], r"`vae_learning_rate`: -1\.0 must be > 0"),
+        (["cfg_dropout=1.5"], r"`cfg_dropout`: 1\.5 must be in \[0, 1\]"),
+        (["cfg_dropout=-0.1"], r"`cfg_dropout`: -0\.1 must be in \[0, 1\]"),
+        (["resolution=0"], r"`resolution`: 0 must be > 0"),
+        (["resolution=62"], r"`resolution`: 62 must be divisible by the VAE's downsampling factor 4"),
+        (["resolution=128"], r"`unet_config\.sample_size`: 16 must be `resolution` / VAE downsampling factor = "
+                             r"128 / 4 = 32"),
+        (["train_batch_size=0"], r"`train_batch_size`: 0 must be ≥ 1"),
+        (["gradient_accumulation_steps=0"], r"`gradient_accumulation_steps`: 0 must be ≥ 1"),
+        (["max_train_steps=0"], r"`max_train_steps`: 0 must be ≥ 1"),
+        (["num_inference_steps=0"], r"`num_inference_steps`: 0 must be ≥ 1"),
+        (["num_inference_steps=2000"], r"`num_inference_steps`: 2000 cannot be larger than "
+                                       r"`scheduler_config\.num_train_timesteps`: 1000"),
+        (["num_validation_images=0"], r"`num_validation_images`: 0 must be ≥ 1"),
+        (["max_consecutive_non_finite=0"], r"`max_consecutive_non_finite`: 0 must be ≥ 1"),
+        (["num_shapes_samples=0"], r"`num_shapes_samples`: 0 must be ≥ 1"),
+        (["vae_max_train_steps=0"], r"`vae_max_train_steps`: 0 must be ≥ 1"),
+        (["vae_train_batch_size=0"], r"`vae_train_batch_size`: 0 must be ≥ 1"),
+        (["mixed_precision=fp32"], r"`mixed_precision`: 'fp32' is not one of 'no', 'fp16', 'bf16'"),
+        (["prediction_type=eps"], r"`prediction_type`: 'eps' is not one of 'epsilon', 'v_prediction', 'sample'"),
+        (["lr_scheduler=cosine_annealing"], r"`lr_scheduler`: 'cosine_annealing' is not one of 'constant', "
+                                            r"'constant_with_warmup', 'linear', 'cosine', 'cosine_with_restarts', "
+                                            r"'polynomial'"),
+        (["lr_warmup_steps=-1"], r"`lr_warmup_steps`: -1 must be ≥ 0"),
+        (["lr_warmup_steps=100"], r"`lr_warmup_steps`: 100 has no effect with `lr_scheduler`: 'constant'"),
+        (["lr_scheduler=cosine", "lr_warmup_steps=20", "max_train_steps=10"],
+         r"`lr_warmup_steps`: 20 cannot be larger than `max_train_steps`: 10"),
+        (["checkpointing_steps=0"], r"`checkpointing_steps`: 0 must be ≥ 1, or none"),
+        (["checkpoints_total_limit=0"], r"`checkpoints_total_limit`: 0 must be ≥ 1, or none"),
+        (["validation_steps=0", "validation_prompts=[a]"], r"`validation_steps`: 0 must be ≥ 1, or none"),
+        (["max_train_samples=0"], r"`max_train_samples`: 0 must be ≥ 1, or none"),
+        (["snr_gamma=0"], r"`snr_gamma`: 0\.0 must be > 0, or none"),
+        (["ema_decay=1"], r"`ema_decay`: 1\.0 must be in \(0, 1\)"),
+        (["ema_decay=0"], r"`ema_decay`: 0\.0 must be in \(0, 1\)"),
+        (["ema_power=0"], r"`ema_power`: 0\.0 must be > 0"),
+        (["ema_inv_gamma=0"], r"`ema_inv_gamma`: 0\.0 must be > 0"),
+        (["adam_beta1=1"], r"`adam_beta1`: 1\.0 must be in \[0, 1\)"),
+        (["adam_beta2=-0.1"], r"`adam_beta2`: -0\.1 must be in \[0, 1\)"),
+        (["adam_epsilon=0"], r"`adam_epsilon`: 0\.0 must be > 0"),
+        (["adam_weight_decay=-1"], r"`adam_weight_decay`: -1\.0 must be ≥ 0"),
+        (["max_grad_norm=0"], r"`max_grad_norm`: 0\.0 must be > 0"),
+        (["noise_offset=-0.1"], r"`noise_offset`: -0\.1 must be ≥ 0"),
+        (["kl_weight=-1"], r"`kl_weight`: -1\.0 must be ≥ 0"),
+        (["guidance_scale=-1"], r"`guidance_scale`: -1\.0 must be ≥ 0"),
+        (["seed=-1"], r"`seed`: -1 must be ≥ 0"),
+        (["dataset_seed=-1"], r"`dataset_seed`: -1 must be ≥ 0"),
+        (["validation_seed=-1"], r"`validation_seed`: -1 must be ≥ 0, or none"),
+        (["dataloader_num_workers=-1"], r"`dataloader_num_workers`: -1 must be ≥ 0"),
+        (["tokenizer_vocab_size=100"], r"`tokenizer_vocab_size`: 100 must be ≥ 514"),
+        (["non_finite_loss=ignore"], r"`non_finite_loss`: 'ignore' is not one of 'stop', 'skip'"),
+        (["on_bad_image=ignore"], r"`on_bad_image`: 'ignore' is not one of 'stop', 'skip'"),
+        (["image_interpolation_mode=area"], r"`image_interpolation_mode`: 'area' is not one of 'nearest', 'box', "
+                                            r"'bilinear', 'hamming', 'bicubic', 'lanczos'"),
+        (["report_to=wandb"], r"`report_to`: 'wandb' is not one of 'tensorboard', 'none'"),
+        (["resume_from_checkpoint="], r"`resume_from_checkpoint`: '' is empty"),
+        (["dataset_name=none"], r"Set exactly one data source, `dataset_name` .* got neither"),
+        (["train_data_dir=data/x"], r"Set exactly one data source.* got \{'dataset_name': 'shapes', "
+                                    r"'train_data_dir': 'data/x'\}"),
+        (["push_to_hub=true"], r"`push_to_hub`: true needs `hub_model_id`"),
+        (["validation_steps=10"], r"`validation_steps`: 10 needs at least one of `validation_prompts`"),
+        (["zero_terminal_snr=true"], r"`zero_terminal_snr`: true needs `prediction_type`: 'v_prediction', got "
+                                     r"'epsilon'"),
+        (["cache_text_embeddings=true", "train_text_encoder=true"],
+         r"`cache_text_embeddings`: true cannot be combined with `train_text_encoder`: true"),
+        (["scheduler_config.prediction_type=epsilon"], r"`scheduler_config\.prediction_type`: set the top-level "
+                                                       r"`prediction_type` instead"),
+        (["scheduler_config.rescale_betas_zero_snr=true"], r"`scheduler_config\.rescale_betas_zero_snr`: set the "
+                                                           r"top-level `zero_terminal_snr` instead"),
+        (["text_encoder_config.vocab_size=100"], r"`text_encoder_config\.vocab_size`: taken from the tokenizer"),
+        (["unet_config.cross_attention_dim=32"], r"`unet_config\.cross_attention_dim`: 32 must equal "
+                                                 r"`text_encoder_config\.hidden_size`: 256"),
+        (["vae_config.latent_channels=8"],
+         r"`unet_config\.in_channels`: 4 must equal `vae_config\.latent_channels`: 8"),
+    ],
+)
+def test_cross_field_checks(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, [*SHAPES, *overrides])
+
+
+def test_valid_combinations_of_the_checked_fields():
+    config = load_config(None, [*SHAPES, "zero_terminal_snr=true", "prediction_type=v_prediction",
+                                "push_to_hub=true", "hub_model_id=me/model", "validation_steps=5",
+                                "validation_prompts=[a red circle]", "lr_scheduler=cosine", "lr_warmup_steps=10",
+                                "resume_from_checkpoint=latest", "checkpointing_steps=none", "snr_gamma=5.0"])
+    assert config.resume_from_checkpoint == "latest" and config.checkpointing_steps is None
+
+
+def test_pretrained_parts_skip_the_from_scratch_shape_checks():
+    # The UNet comes from a repo, so its config dict need not match the from-scratch text encoder; a pretrained
+    # VAE and an empty vae_config leave the resolution check to training.models.check_compatible.
+    config = load_config(None, [*SHAPES, "pretrained_model_name_or_path=some/repo", "unet_config.cross_attention_dim=7",
+                                "vae_config={}", "resolution=100"])
+    assert config.vae_downsampling_factor is None
+
+
+def test_tiny_config_resolution_matches_its_vae():
+    config = load_config(CONFIGS / "tiny.yaml", [])
+    assert config.vae_downsampling_factor == 2
+    assert config.unet_config["sample_size"] * 2 == config.resolution
+    with pytest.raises(ValueError, match=r"`resolution`: 33 must be divisible by the VAE's downsampling factor 2"):
+        load_config(CONFIGS / "tiny.yaml", ["resolution=33"])
+
+
+# ---- saving ------------------------------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(tmp_path):
+    config = load_config(CONFIGS / "tiny.yaml", ["mixed_precision=no", "learning_rate=3e-5", "hub_model_id=me/x",
+                                                 "validation_prompts=[yes, 'a: b', '1e-3']", "snr_gamma=5",
+                                                 "scheduler_config.beta_schedule=linear", "variant=fp16"])
+    path = tmp_path / "out" / "config.yaml"
+    save_config(config, path)
+    assert path.read_text().startswith("#")
+    loaded = load_config(path, [])
+    assert loaded == config
+    assert config_to_dict(loaded) == config_to_dict(config)
+    assert set(config_to_dict(config)) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert yaml.safe_load(path.read_text())["mixed_precision"] == "no"  # quoted, so any YAML reader agrees
+
+
+# ---- shipped configs ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    assert path.read_text().startswith("#"), "each config starts with a comment saying what it is for"
+    config = load_config(path, [])
+    assert isinstance(config, TrainConfig)
+
+
+def test_shipped_configs_exist():
+    assert {p.name for p in CONFIGS.glob("*.yaml")} >= {"tiny.yaml", "shapes.yaml", "sd15-finetune.yaml"}
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_load(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    assert path.read_text().startswith("#")
+    config = ClusterConfig.from_yaml_file(str(path))  # raises on keys accelerate doesn't know
+    assert config.num_processes == 2
+    assert config.use_cpu == (path.name == "cpu_2proc.yaml")

@@ -1,0 +1,548 @@
+"""The training configuration: one commented dataclass, loaded as defaults < YAML file < `key=value` overrides.
+
+    config = load_config("configs/shapes.yaml", ["learning_rate=3e-4", "unet_config.block_out_channels=[32,64]"])
+
+Keys are flat and named as in diffusers' `examples/text_to_image/train_text_to_image.py` wherever that script has a
+counterpart, so its users can read our configs without a glossary. One schema serves both stages: the VAE stage
+(`vae_*`, `kl_weight`, plus the shared data/optimizer/precision keys) ignores the diffusion-only keys and vice versa.
+
+Override values are strings parsed to the field's type: int, float (`1e-4` works, in YAML files too), bool
+(true/false/1/0/yes/no/on/off), str, `X | None` ("none"/"null" → None), list[str] (YAML flow `[a, b]` or
+comma-separated `a,b`) and dict (YAML flow `{a: 1}`). A dotted key sets one entry of a dict field
+(`scheduler_config.num_train_timesteps=500`); a dict given whole in YAML or as an override replaces the default dict.
+YAML is read with 1.2 scalars: only true/false are booleans, so `mixed_precision: no` means the string "no".
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import functools
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Vocabularies of the choice-valued keys (checked in `TrainConfig.__post_init__`).
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# The names `diffusers.optimization.get_scheduler` accepts without extra arguments (`piecewise_constant` needs
+# `step_rules`, which we don't expose).
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+# PIL resampling filters, by the names diffusers' `--image_interpolation_mode` uses.
+IMAGE_INTERPOLATION_MODES = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
+NON_FINITE_LOSS_POLICIES = ("stop", "skip")
+BAD_IMAGE_POLICIES = ("stop", "skip")
+REPORT_TO = ("tensorboard", "none")
+BUILTIN_DATASETS = ("shapes",)
+# Set by sculpt from the tokenizer or from top-level keys; giving them inside the dicts would conflict.
+_TOKENIZER_KEYS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
+_MIN_TOKENIZER_VOCAB = 2 * 256 + 2  # byte-level BPE: 256 bytes, each mid-word and word-final, plus BOS/EOS
+
+
+def _default_vae_config() -> dict:
+    # Three blocks → downsampling factor 4: 64px images become 4×16×16 latents, the LDM paper's "f=4" setting,
+    # which it found the best quality/speed trade-off (Rombach et al. 2022, arXiv 2112.10752, Sec. 4.1).
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 3,
+        "up_block_types": ["UpDecoderBlock2D"] * 3,
+        "block_out_channels": [64, 128, 128],
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 32,
+        "sample_size": 64,
+    }
+
+
+def _default_unet_config() -> dict:
+    # A small Stable-Diffusion-shaped UNet: cross-attention in the two high-resolution levels, on 16×16 latents.
+    return {
+        "sample_size": 16,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [64, 128, 256],
+        "layers_per_block": 2,
+        "cross_attention_dim": 256,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    }
+
+
+def _default_text_encoder_config() -> dict:
+    # A 4-layer CLIP text transformer; vocab_size and the special token ids come from the tokenizer.
+    return {
+        "hidden_size": 256,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+    }
+
+
+def _default_scheduler_config() -> dict:
+    # The LDM / Stable Diffusion noise schedule for latents ("scaled_linear" β from 0.00085 to 0.012 over 1000 steps,
+    # arXiv 2112.10752); DDPM's linear 1e-4..0.02 (arXiv 2006.11239) was tuned for pixels. `prediction_type` and
+    # zero-terminal-SNR rescaling are set by the top-level keys, not here.
+    return {
+        "num_train_timesteps": 1000,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "clip_sample": False,
+        "steps_offset": 1,
+    }
+
+
+@dataclass
+class TrainConfig:
+    # ---- run and outputs -------------------------------------------------------------------------------------------
+    output_dir: str = "sculpt-model"  # the trained pipeline, checkpoints and the resolved config.yaml go here
+    overwrite_output_dir: bool = False  # refuse to start in a non-empty output_dir unless set (or resuming)
+    seed: int = 0  # seeds weights, noise, timesteps and per-sample augmentations, so a run can be repeated exactly
+    report_to: str = "tensorboard"  # "tensorboard" or "none"
+    logging_dir: str = "logs"  # tracker files, relative to output_dir (as in diffusers)
+    tracker_project_name: str = "sculpt"  # run name shown in TensorBoard
+
+    # ---- data ------------------------------------------------------------------------------------------------------
+    # Exactly one source: `dataset_name` ("shapes" = the built-in synthetic set, a Hub dataset id, or a folder written
+    # by `datasets.save_to_disk`) or `train_data_dir` (an imagefolder: images plus metadata.jsonl with file_name/text).
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None  # the Hub dataset's configuration, if it has several
+    train_data_dir: str | None = None
+    cache_dir: str | None = None  # where `datasets` caches downloads and Arrow files; None → its default
+    image_column: str | None = None  # None → "image", else the first column with the datasets.Image feature
+    caption_column: str | None = None  # None → the first of "text", "caption", "captions", "prompt"
+    max_train_samples: int | None = None  # train on a random subset of this size (quick experiments, debugging)
+    dataset_seed: int = 0  # which data: the shapes generator and the max_train_samples subset; independent of `seed`
+    num_shapes_samples: int = 10_000  # size of the built-in shapes dataset (216 captions, so ~46 images each)
+    on_bad_image: str = "stop"  # an unreadable image: "stop" with an error naming it, or "skip" with a counted warning
+    resolution: int = 64  # training side in pixels: images are resized (shorter side) then cropped to a square
+    center_crop: bool = False  # center crop instead of a random crop
+    random_flip: bool = False  # horizontal flips; captions that say "left"/"right" would be made wrong by them
+    image_interpolation_mode: str = "lanczos"  # resize filter (diffusers' default): nearest|box|bilinear|hamming|...
+    dataloader_num_workers: int = 0  # 0 → load in the main process (enough for small images)
+
+    # ---- model parts: each is pretrained (its own key, else pretrained_model_name_or_path/<subfolder>) or built ----
+    pretrained_model_name_or_path: str | None = None  # a diffusers-layout repo or folder (unet/, vae/, text_encoder/..)
+    revision: str | None = None  # Hub revision (branch, tag or commit) of the pretrained parts, for reproducibility
+    variant: str | None = None  # weight file variant, e.g. "fp16"
+    pretrained_unet: str | None = None  # path/Hub id of a UNet2DConditionModel, overrides the one from the repo
+    unet_subfolder: str | None = None
+    unet_config: dict[str, Any] = field(default_factory=_default_unet_config)  # UNet2DConditionModel(**unet_config)
+    pretrained_vae: str | None = None  # path/Hub id of an AutoencoderKL, e.g. the VAE stage's vae_output_dir
+    vae_subfolder: str | None = None
+    vae_config: dict[str, Any] = field(default_factory=_default_vae_config)  # AutoencoderKL(**vae_config), VAE stage
+    pretrained_text_encoder: str | None = None  # path/Hub id of a CLIPTextModel
+    text_encoder_subfolder: str | None = None
+    text_encoder_config: dict[str, Any] = field(default_factory=_default_text_encoder_config)  # CLIPTextConfig kwargs
+    pretrained_tokenizer: str | None = None  # path/Hub id of a CLIPTokenizer; None → train a BPE on the captions
+    tokenizer_subfolder: str | None = None
+    tokenizer_vocab_size: int = 1000  # upper bound for the trained tokenizer (≥ 514: 2×256 byte symbols + BOS/EOS)
+    train_text_encoder: bool = False  # train it with the UNet (needed when it is built from scratch)
+    scheduler_config: dict[str, Any] = field(default_factory=_default_scheduler_config)  # our DDPMScheduler kwargs
+
+    # ---- diffusion objective ---------------------------------------------------------------------------------------
+    prediction_type: str = "epsilon"  # ε (DDPM, arXiv 2006.11239), v (arXiv 2202.00512) or x_0 ("sample")
+    zero_terminal_snr: bool = False  # rescale β so the last step is pure noise, arXiv 2305.08891 (needs v_prediction)
+    snr_gamma: float | None = None  # Min-SNR-γ loss weighting, arXiv 2303.09556 (5.0 recommended); None → plain MSE
+    noise_offset: float = 0.0  # for very dark/bright images: crosslabs.org/blog/diffusion-with-offset-noise
+    cfg_dropout: float = 0.1  # caption → "" with this probability: classifier-free guidance, arXiv 2207.12598
+
+    # ---- optimization ----------------------------------------------------------------------------------------------
+    max_train_steps: int = 10_000  # optimizer steps (each spans gradient_accumulation_steps batches)
+    train_batch_size: int = 16  # per device
+    gradient_accumulation_steps: int = 1  # effective batch = train_batch_size × accumulation × processes
+    learning_rate: float = 1e-4  # diffusers' default for UNet training with AdamW
+    scale_lr: bool = False  # multiply learning_rate by the effective batch size (as diffusers does)
+    lr_scheduler: str = "constant"  # a diffusers.optimization.get_scheduler name
+    lr_warmup_steps: int = 0  # linear warmup; needs a *_with_warmup or decaying schedule ("constant" ignores it)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2  # decoupled weight decay, AdamW (arXiv 1711.05101)
+    adam_epsilon: float = 1e-08
+    max_grad_norm: float = 1.0  # clip the global gradient norm, which keeps early from-scratch training stable
+    non_finite_loss: str = "stop"  # a NaN/inf loss: "stop" (save nothing bad, raise) or "skip" the update
+    max_consecutive_non_finite: int = 10  # with "skip": give up after this many non-finite losses in a row
+
+    # ---- speed and memory ------------------------------------------------------------------------------------------
+    mixed_precision: str = "no"  # "fp16" / "bf16" autocast on GPUs (Accelerate); master weights stay float32
+    allow_tf32: bool = False  # TF32 matmuls on Ampere+ GPUs: faster, slightly less exact
+    gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~25% slower
+    cache_latents: bool = False  # encode each image with the frozen VAE once instead of every step
+    cache_text_embeddings: bool = False  # encode each caption with the frozen text encoder once
+
+    # ---- exponential moving average of the UNet weights (what gets saved and sampled) ------------------------------
+    use_ema: bool = False
+    ema_decay: float = 0.9999  # for ~100k+ step runs; tiny runs need ~0.99 or ema_warmup, or EMA stays near init
+    ema_warmup: bool = False  # decay = 1 - (1 + step/inv_gamma)^-power, capped at ema_decay (diffusers EMAModel)
+    ema_inv_gamma: float = 1.0  # EMAModel inv_gamma
+    ema_power: float = 2 / 3  # EMAModel power: 2/3 suits runs of ~1M steps, 3/4 shorter ones
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------------
+    checkpointing_steps: int | None = 500  # save the full training state every N steps; None → only at the end
+    checkpoints_total_limit: int | None = None  # keep only the newest N checkpoints; None → keep all
+    resume_from_checkpoint: str | None = None  # "latest" (newest complete one in output_dir) or a checkpoint path
+
+    # ---- validation (sampled images logged during training) --------------------------------------------------------
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_steps: int | None = None  # sample every N steps; None → never (needs validation_prompts)
+    num_validation_images: int = 1  # per prompt
+    num_inference_steps: int = 50  # sampler steps for validation images
+    guidance_scale: float = 7.5  # classifier-free guidance scale, arXiv 2207.12598; ≤ 1 disables guidance
+    validation_seed: int | None = None  # None → `seed`; fixed so validation images are comparable across steps
+
+    # ---- Hub -------------------------------------------------------------------------------------------------------
+    # No hub_token key: the resolved config is saved beside the outputs, which would leak it. Use `hf auth login`
+    # or the HF_TOKEN environment variable.
+    push_to_hub: bool = False
+    hub_model_id: str | None = None  # "user/repo" to push the final pipeline to
+
+    # ---- VAE stage (scripts/train_vae.py): trains AutoencoderKL(**vae_config) on the same data -------------------
+    vae_output_dir: str = "sculpt-vae"  # where the trained VAE is saved; point pretrained_vae here for stage 2
+    vae_max_train_steps: int = 10_000
+    vae_train_batch_size: int = 16
+    vae_learning_rate: float = 1e-4
+    kl_weight: float = 1e-6  # KL-regularised autoencoder (LDM, arXiv 2112.10752 App. G): a slight pull to N(0, I)
+
+    def __post_init__(self):
+        # 1. Types: every field holds its declared type (int promotes to float), whoever built the config.
+        hints = _field_types()
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _check_type(f.name, getattr(self, f.name), hints[f.name]))
+
+        # 2. Ranges and choices.
+        _check(self.learning_rate > 0, f"`learning_rate`: {self.learning_rate} must be > 0.")
+        _check(self.vae_learning_rate > 0, f"`vae_learning_rate`: {self.vae_learning_rate} must be > 0.")
+        _check(0 <= self.cfg_dropout <= 1, f"`cfg_dropout`: {self.cfg_dropout} must be in [0, 1].")
+        _check(self.resolution > 0, f"`resolution`: {self.resolution} must be > 0.")
+        for key in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "num_inference_steps",
+                    "num_validation_images", "max_consecutive_non_finite", "num_shapes_samples",
+                    "vae_max_train_steps", "vae_train_batch_size"):
+            _check(getattr(self, key) >= 1, f"`{key}`: {getattr(self, key)} must be ≥ 1.")
+        for key in ("checkpointing_steps", "checkpoints_total_limit", "validation_steps", "max_train_samples"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, f"`{key}`: {value} must be ≥ 1, or none to disable it.")
+        for key in ("lr_warmup_steps", "dataloader_num_workers", "seed", "dataset_seed", "noise_offset",
+                    "adam_weight_decay", "kl_weight", "guidance_scale"):
+            _check(getattr(self, key) >= 0, f"`{key}`: {getattr(self, key)} must be ≥ 0.")
+        _check(self.validation_seed is None or self.validation_seed >= 0,
+               f"`validation_seed`: {self.validation_seed} must be ≥ 0, or none to use `seed`.")
+        for key in ("adam_beta1", "adam_beta2"):
+            _check(0 <= getattr(self, key) < 1, f"`{key}`: {getattr(self, key)} must be in [0, 1).")
+        for key in ("adam_epsilon", "max_grad_norm", "ema_inv_gamma", "ema_power"):
+            _check(getattr(self, key) > 0, f"`{key}`: {getattr(self, key)} must be > 0.")
+        _check(0 < self.ema_decay < 1, f"`ema_decay`: {self.ema_decay} must be in (0, 1).")
+        _check(self.snr_gamma is None or self.snr_gamma > 0,
+               f"`snr_gamma`: {self.snr_gamma} must be > 0, or none to disable Min-SNR weighting.")
+        _check(self.tokenizer_vocab_size >= _MIN_TOKENIZER_VOCAB,
+               f"`tokenizer_vocab_size`: {self.tokenizer_vocab_size} must be ≥ {_MIN_TOKENIZER_VOCAB} "
+               f"(a byte-level BPE holds 2×256 byte symbols plus BOS/EOS).")
+        _check(self.resume_from_checkpoint != "",
+               "`resume_from_checkpoint`: '' is empty; use 'latest', a checkpoint path, or none.")
+        _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        _check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        _check_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        _check_choice("image_interpolation_mode", self.image_interpolation_mode, IMAGE_INTERPOLATION_MODES)
+        _check_choice("non_finite_loss", self.non_finite_loss, NON_FINITE_LOSS_POLICIES)
+        _check_choice("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)
+        _check_choice("report_to", self.report_to, REPORT_TO)
+
+        # 3. Cross-field checks.
+        sources = {k: getattr(self, k) for k in ("dataset_name", "train_data_dir") if getattr(self, k) is not None}
+        _check(len(sources) == 1,
+               "Set exactly one data source, `dataset_name` (e.g. 'shapes', a Hub dataset id or a saved dataset "
+               f"folder) or `train_data_dir` (an imagefolder); got {sources or 'neither'}.")
+        _check(not (self.push_to_hub and not self.hub_model_id),
+               "`push_to_hub`: true needs `hub_model_id` (e.g. 'user/sculpt-shapes').")
+        _check(not (self.validation_steps is not None and not self.validation_prompts),
+               f"`validation_steps`: {self.validation_steps} needs at least one of `validation_prompts`.")
+        _check(not (self.lr_warmup_steps > 0 and self.lr_scheduler == "constant"),
+               f"`lr_warmup_steps`: {self.lr_warmup_steps} has no effect with `lr_scheduler`: 'constant'; use "
+               "'constant_with_warmup' (or a decaying schedule), or set lr_warmup_steps=0.")
+        _check(self.lr_warmup_steps <= self.max_train_steps,
+               f"`lr_warmup_steps`: {self.lr_warmup_steps} cannot be larger than `max_train_steps`: "
+               f"{self.max_train_steps}.")
+        # Lin et al. 2023 (arXiv 2305.08891, Sec. 3.2): at SNR 0 the ε target is the input itself, so the model
+        # learns nothing at the last step; v-prediction is what makes zero terminal SNR trainable.
+        _check(not (self.zero_terminal_snr and self.prediction_type != "v_prediction"),
+               f"`zero_terminal_snr`: true needs `prediction_type`: 'v_prediction', got {self.prediction_type!r}.")
+        _check(not (self.cache_text_embeddings and self.train_text_encoder),
+               "`cache_text_embeddings`: true cannot be combined with `train_text_encoder`: true (the embeddings "
+               "change as the encoder trains).")
+        num_train_timesteps = self.scheduler_config.get("num_train_timesteps", 1000)
+        _check(self.num_inference_steps <= num_train_timesteps,
+               f"`num_inference_steps`: {self.num_inference_steps} cannot be larger than "
+               f"`scheduler_config.num_train_timesteps`: {num_train_timesteps}.")
+        for key, top_level in (("prediction_type", "prediction_type"), ("rescale_betas_zero_snr", "zero_terminal_snr")):
+            _check(key not in self.scheduler_config,
+                   f"`scheduler_config.{key}`: set the top-level `{top_level}` instead, so training and the "
+                   "saved scheduler agree.")
+        for key in _TOKENIZER_KEYS:
+            _check(key not in self.text_encoder_config,
+                   f"`text_encoder_config.{key}`: taken from the tokenizer; remove it from text_encoder_config.")
+
+        # 4. Shapes that must agree between parts built from their config dicts (pretrained parts are checked
+        #    once loaded, by training.models.check_compatible).
+        factor = self.vae_downsampling_factor
+        if factor is not None:
+            _check(self.resolution % factor == 0,
+                   f"`resolution`: {self.resolution} must be divisible by the VAE's downsampling factor {factor} "
+                   f"(2 ** (len(vae_config.block_out_channels) - 1)).")
+        unet, vae, text = self.unet_config, self.vae_config, self.text_encoder_config
+        if self._from_scratch("unet") and self._from_scratch("text_encoder"):
+            _check_equal("unet_config.cross_attention_dim", unet, "text_encoder_config.hidden_size", text)
+        if self._from_scratch("unet") and self._from_scratch("vae"):
+            _check_equal("unet_config.in_channels", unet, "vae_config.latent_channels", vae)
+            if factor is not None and "sample_size" in unet:
+                _check(unet["sample_size"] * factor == self.resolution,
+                       f"`unet_config.sample_size`: {unet['sample_size']} must be `resolution` / VAE downsampling "
+                       f"factor = {self.resolution} / {factor} = {self.resolution // factor}.")
+
+    @property
+    def vae_downsampling_factor(self) -> int | None:
+        """2 ** (number of VAE blocks - 1), when `vae_config` says; a pretrained VAE is checked once loaded."""
+        blocks = self.vae_config.get("block_out_channels")
+        return 2 ** (len(blocks) - 1) if isinstance(blocks, (list, tuple)) and blocks else None
+
+    def _from_scratch(self, part: str) -> bool:
+        return not getattr(self, f"pretrained_{part}") and not self.pretrained_model_name_or_path
+
+
+# ---- loading and saving ----------------------------------------------------------------------------------------------
+
+
+class _YAMLLoader(yaml.SafeLoader):
+    """YAML with 1.2 scalars: only true/false are booleans (PyYAML's 1.1 reads `no` as False, which would turn
+    `mixed_precision: no` into a bool) and `1e-4` is a float (1.1 requires a dot: `1.0e-4`)."""
+
+
+_YAMLLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YAMLLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                  list("tTfF"))
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
+_YAMLLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+
+
+class _YAMLDumper(yaml.SafeDumper):
+    """Quotes every string that either YAML 1.1 or our loader would read as something else ("no", "1e-3")."""
+
+
+_YAMLDumper.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
+    """Defaults, then the YAML file at `path` (if any), then `key=value` overrides (a leading `--` is allowed)."""
+    hints = _field_types()
+    values: dict[str, Any] = {}
+    if path is not None:
+        for key, value in _read_yaml(path).items():
+            _check_known(key, hints, f" (in {path})")
+            values[key] = _from_yaml(key, value, hints[key])
+    for override in overrides:
+        _apply_override(values, override, hints)
+    return TrainConfig(**values)
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML that `load_config` reads back to an equal config."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "# Resolved sculpt TrainConfig: repeat this run with `--config <this file>`.\n"
+    path.write_text(header + yaml.dump(config_to_dict(config), Dumper=_YAMLDumper, sort_keys=False, allow_unicode=True))
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
+    try:
+        data = yaml.load(path.read_text(), Loader=_YAMLLoader)
+    except yaml.YAMLError as error:
+        raise ValueError(f"Config file {str(path)!r} is not valid YAML: {error}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"Config file {str(path)!r} must hold a mapping of keys to values, got {type(data).__name__}.")
+    return data
+
+
+def _apply_override(values: dict[str, Any], override: str, hints: dict[str, Any]) -> None:
+    key, sep, text = override.removeprefix("--").partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"Override {override!r} must look like key=value (e.g. learning_rate=3e-4).")
+    name, *path = key.split(".")
+    _check_known(name, hints)
+    if not path:
+        values[name] = _parse_string(name, text, hints[name])
+        return
+    # Dotted key: set one entry of a dict field (creating intermediate dicts), starting from its current value.
+    if not _is_dict_type(hints[name]):
+        dict_fields = ", ".join(k for k, tp in hints.items() if _is_dict_type(tp))
+        raise ValueError(f"Override {override!r}: `{name}` is not a dict field; dotted keys go into {dict_fields}.")
+    if name not in values:
+        values[name] = _default_value(name)
+    node = values[name]
+    for i, part in enumerate(path[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"Override {override!r}: `{'.'.join([name, *path[: i + 1]])}` is not a dict.")
+    value = yaml.load(text, Loader=_YAMLLoader) if text.strip() else ""
+    node[path[-1]] = None if isinstance(value, str) and value.lower() in ("none", "null") else value
+
+
+def _default_value(name: str) -> Any:
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else copy.deepcopy(f.default)
+
+
+def _check_known(key: str, hints: dict[str, Any], where: str = "") -> None:
+    if key in hints:
+        return
+    close = difflib.get_close_matches(key, hints, n=1)
+    suggestion = f" Did you mean `{close[0]}`?" if close else ""
+    raise ValueError(f"Unknown config key `{key}`{where}.{suggestion} Allowed keys: {', '.join(hints)}.")
+
+
+# ---- types -----------------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _split_optional(tp) -> tuple[Any, bool]:
+    """(inner type, whether None is allowed) for `X | None`."""
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        assert len(args) == 1, f"unsupported field type {tp}"  # schema invariant: only `X | None` unions
+        return args[0], True
+    return tp, False
+
+
+def _is_dict_type(tp) -> bool:
+    return typing.get_origin(_split_optional(tp)[0]) is dict
+
+
+def _type_name(tp) -> str:
+    inner, optional = _split_optional(tp)
+    name = "dict" if typing.get_origin(inner) is dict else getattr(inner, "__name__", str(inner))
+    if typing.get_origin(inner) is list:
+        name = "list[str]"
+    return f"{name} | None" if optional else name
+
+
+def _type_error(key: str, value: Any, tp, hint: str = "") -> ValueError:
+    return ValueError(f"`{key}`: {value!r} is not a valid {_type_name(tp)}.{hint}")
+
+
+def _check_type(key: str, value: Any, tp) -> Any:
+    """Validate a typed value against the field type; int promotes to float, a tuple of strings to a list."""
+    inner, optional = _split_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise _type_error(key, value, tp)
+    origin = typing.get_origin(inner)
+    if inner is bool:
+        ok = isinstance(value, bool)
+    elif inner is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif inner is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif inner is str:
+        ok = isinstance(value, str)
+    elif origin is list:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        value = list(value) if ok else value
+    elif origin is dict:
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    else:
+        raise AssertionError(f"unsupported field type {tp} for `{key}`")  # schema invariant
+    if not ok:
+        raise _type_error(key, value, tp)
+    return value
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _parse_string(key: str, text: str, tp) -> Any:
+    """A command-line string → the field's type (then checked by `_check_type` in `__post_init__`)."""
+    inner, optional = _split_optional(tp)
+    stripped = text.strip()
+    if optional and stripped.lower() in ("none", "null"):
+        return None
+    origin = typing.get_origin(inner)
+    if inner is str:
+        return text
+    if inner is bool:
+        if stripped.lower() in _TRUE + _FALSE:
+            return stripped.lower() in _TRUE
+        raise _type_error(key, text, tp, " Use true/false, 1/0 or yes/no.")
+    if inner in (int, float):
+        try:
+            return inner(stripped.replace("_", ""))
+        except ValueError:
+            raise _type_error(key, text, tp) from None
+    if origin is list:
+        if not stripped:
+            return []
+        if stripped.startswith("["):
+            try:  # BaseLoader keeps every scalar a string: [yes, 1] → ["yes", "1"]
+                return yaml.load(stripped, Loader=yaml.BaseLoader)
+            except yaml.YAMLError:
+                raise _type_error(key, text, tp, " Use YAML [a, b] or a,b.") from None
+        return [part.strip() for part in stripped.split(",")]
+    if origin is dict:
+        try:
+            value = yaml.load(stripped, Loader=_YAMLLoader)
+        except yaml.YAMLError:
+            value = text
+        if not isinstance(value, dict):
+            raise _type_error(key, text, tp, " Use YAML flow syntax, e.g. {a: 1, b: [2, 3]}.")
+        return value
+    raise AssertionError(f"unsupported field type {tp} for `{key}`")  # schema invariant
+
+
+def _from_yaml(key: str, value: Any, tp) -> Any:
+    """YAML already typed the value; strings for non-string fields ("none", "yes") get the command-line parsing."""
+    inner, optional = _split_optional(tp)
+    if isinstance(value, str) and (inner is not str or (optional and value.strip().lower() in ("none", "null"))):
+        return _parse_string(key, value, tp)
+    return value
+
+
+# ---- checks ----------------------------------------------------------------------------------------------------------
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _check(value in allowed, f"`{key}`: {value!r} is not one of {', '.join(repr(a) for a in allowed)}.")
+
+
+def _check_equal(key_a: str, dict_a: dict, key_b: str, dict_b: dict) -> None:
+    a, b = dict_a.get(key_a.split(".")[-1]), dict_b.get(key_b.split(".")[-1])
+    _check(a is None or b is None or a == b, f"`{key_a}`: {a} must equal `{key_b}`: {b}.")
