@@ -1,0 +1,148 @@
+"""Sample images from a saved pipeline: text-to-image, or img2img with --image, or inpainting with --image --mask.
+
+    python scripts/sample.py outputs/run --prompt "a red circle" --num_images 4 --out samples/grid.png
+    python scripts/sample.py outputs/run --prompt "a blue square" --image in.png --strength 0.6 --out edit.png
+    python scripts/sample.py outputs/run --prompt "a green circle" --image in.png --mask mask.png --out fill.png
+
+Writes <out>, the grid, and <out stem>_<i>.png per image; --save_intermediates adds <out stem>_filmstrip.png, one row
+per image of the predicted clean image x̂_0 through the denoising. Image i uses seed --seed + i, so
+`--seed K+i --num_images 1` reproduces it alone. Bad arguments print one line to stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e .`
+
+SCHEDULERS = ("ddpm", "ddim", "dpm", "euler")
+
+
+def fail(message: str) -> None:
+    print(f"sample.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        fail(message)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check everything that can be checked before torch is imported, so bad arguments fail fast."""
+    parser = _Parser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="a folder written by save_pretrained, or a Hub id")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--negative_prompt", default=None, help="replaces the unconditional prompt in guidance")
+    parser.add_argument("--num_images", type=int, default=4)
+    parser.add_argument("--guidance_scale", type=float, default=7.5, help="<= 1 turns guidance off")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default=None, help="default: the model's own")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--height", type=int, default=None, help="default: the model's (or --image's) size")
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--image", default=None, help="start from this image (img2img, or inpainting with --mask)")
+    parser.add_argument("--strength", type=float, default=None, help="(0, 1]; default 0.8 img2img, 1 inpainting")
+    parser.add_argument("--mask", default=None, help="inpainting mask for --image: white = repaint, black = keep")
+    parser.add_argument("--out", required=True, help="path of the grid PNG")
+    parser.add_argument("--save_intermediates", action="store_true", help="also write a filmstrip of x̂_0")
+    args = parser.parse_args(argv)
+
+    model = Path(args.model).expanduser()
+    if model.exists() and not (model / "model_index.json").is_file():
+        fail(f"MODEL: {args.model} has no model_index.json; pass a folder written by save_pretrained.")
+    looks_like_path = args.model.startswith((".", "/", "~")) or args.model.count("/") > 1
+    if not model.exists() and looks_like_path:
+        fail(f"MODEL: no such folder: {args.model}")
+    if args.num_images < 1:
+        fail(f"--num_images: {args.num_images} must be >= 1.")
+    if args.steps < 1:
+        fail(f"--steps: {args.steps} must be >= 1.")
+    if args.mask is not None and args.image is None:
+        fail("--mask needs --image: the mask marks the part of --image to repaint.")
+    if args.strength is not None and args.image is None:
+        fail("--strength needs --image: it says how much of --image to re-generate.")
+    if args.strength is not None and not 0 < args.strength <= 1:
+        fail(f"--strength: {args.strength} must be in (0, 1].")
+    for flag, path in (("--image", args.image), ("--mask", args.mask)):
+        if path is not None and not Path(path).is_file():
+            fail(f"{flag}: no such file: {path}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    import torch
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    from pipelines import (
+        DDPMScheduler,
+        LatentDiffusionImg2ImgPipeline,
+        LatentDiffusionInpaintPipeline,
+        LatentDiffusionPipeline,
+    )
+    from pipelines.utils import load_image, make_grid, save_images
+
+    try:
+        pipe = LatentDiffusionPipeline.from_pretrained(args.model)
+    except Exception as error:  # noqa: BLE001 - any load failure is a bad MODEL argument to the user
+        fail(f"MODEL: could not load {args.model!r}: {str(error).splitlines()[0] if str(error) else type(error)}")
+    if args.scheduler is not None:
+        scheduler_class = {
+            "ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
+            "euler": EulerDiscreteScheduler,
+        }[args.scheduler]  # fmt: skip
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+
+    kwargs = {}
+    if args.image is not None:
+        pipeline_class = LatentDiffusionInpaintPipeline if args.mask else LatentDiffusionImg2ImgPipeline
+        pipe = pipeline_class(**pipe.components)
+        kwargs["image"] = load_image(args.image)
+        if args.mask is not None:
+            kwargs["mask_image"] = load_image(args.mask, mode="L")
+        if args.strength is not None:
+            kwargs["strength"] = args.strength
+
+    frames = []  # x̂_0 latents every few steps, decoded after sampling
+    every = max(1, args.steps // 8)
+
+    def keep_preview(pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
+        if step % every == 0 or step == pipeline.num_timesteps - 1:
+            frames.append(callback_kwargs["pred_original_sample"])
+        return {}
+
+    if args.save_intermediates:
+        kwargs["callback_on_step_end"] = keep_preview
+        kwargs["callback_on_step_end_tensor_inputs"] = ["pred_original_sample"]
+    try:
+        images = pipe(
+            prompt=args.prompt,
+            negative_prompt=args.negative_prompt,
+            num_images_per_prompt=args.num_images,
+            guidance_scale=args.guidance_scale,
+            num_inference_steps=args.steps,
+            height=args.height,
+            width=args.width,
+            generator=[torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images)],
+            **kwargs,
+        ).images
+    except ValueError as error:  # the pipeline checks every argument before sampling
+        fail(str(error))
+
+    out = Path(args.out)
+    written = save_images(images, out)
+    if args.save_intermediates and all(frame is not None for frame in frames):
+        decoded = [pipe.latents_to_images(frame, output_type="pil") for frame in frames]
+        strip = [decoded[f][i] for i in range(len(images)) for f in range(len(frames))]  # one row per image
+        written.append(out.with_name(f"{out.stem}_filmstrip.png"))
+        make_grid(strip, rows=len(images)).save(written[-1])
+    elif args.save_intermediates:
+        print(f"note: {type(pipe.scheduler).__name__} gives no x̂_0 preview; no filmstrip written", file=sys.stderr)
+    print("wrote " + ", ".join(str(path) for path in written))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,460 @@
+"""The latent diffusion pipelines against diffusers' Stable Diffusion pipelines (same algorithm, same numbers),
+against their own invariants (inpainting keeps the known region), and their argument checks."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import make_components
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+)
+from diffusers.callbacks import SDCFGCutoffCallback
+from diffusers.utils.torch_utils import randn_tensor
+
+from pipelines import (
+    DDPMScheduler,
+    LatentDiffusionImg2ImgPipeline,
+    LatentDiffusionInpaintPipeline,
+    LatentDiffusionPipeline,
+)
+
+PROMPT = "a small red circle on a white background"
+SCHEDULERS = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "dpm": DPMSolverMultistepScheduler,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny() -> dict:
+    """One set of tiny components for the module; models are in eval mode and only run under no_grad."""
+    return make_components()
+
+
+def parts(tiny: dict, scheduler: str = "ddpm") -> dict:
+    """The shared models with a fresh scheduler of the given kind, built from our DDPM config by `from_config`."""
+    return {**tiny, "scheduler": SCHEDULERS[scheduler].from_config(tiny["scheduler"].config)}
+
+
+def ours(cls, components: dict):
+    pipe = cls(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def stable_diffusion(cls, components: dict):
+    pipe = cls(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def gradient_image() -> PIL.Image.Image:
+    """A smooth 32x32 RGB gradient (PIL, as users pass images)."""
+    yy, xx = np.mgrid[0:32, 0:32] / 31
+    pixels = np.stack([xx, yy, 0.25 + 0.5 * xx * yy], axis=-1)
+    return PIL.Image.fromarray((pixels * 255).round().astype(np.uint8))
+
+
+def right_half_mask() -> PIL.Image.Image:
+    """White (repaint) right half, black (keep) left half; edges on the 2-pixel latent grid."""
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[:, 16:] = 255
+    return PIL.Image.fromarray(mask)
+
+
+def call_both(ours_pipe, sd_pipe, make_kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """Run both with identical, freshly seeded arguments (generators are consumed by a run)."""
+    return ours_pipe(**make_kwargs()).images, sd_pipe(**make_kwargs()).images
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Text to image: the same images as StableDiffusionPipeline
+# ---------------------------------------------------------------------------------------------------------------------
+TEXT2IMG_CASES = {
+    "guidance": ("ddpm", {}),
+    "no_guidance": ("ddpm", {"guidance_scale": 1.0}),
+    "negative_prompt": ("ddpm", {"negative_prompt": "a large blue square"}),
+    "two_per_prompt": ("ddpm", {"num_images_per_prompt": 2}),
+    "prompt_list_generator_list": ("ddpm", {"prompt": [PROMPT, "a green triangle"], "generator": [1, 2]}),
+    "guidance_rescale": ("ddpm", {"guidance_rescale": 0.7, "guidance_scale": 9.0}),
+    "custom_timesteps": ("ddpm", {"timesteps": [901, 501, 101, 1]}),
+    "ddim_eta": ("ddim", {"eta": 1.0}),
+    "ddim_latents": ("ddim", {"latents": "randn"}),
+    "euler": ("euler", {}),
+    "dpm_solver": ("dpm", {"num_images_per_prompt": 2}),
+    "cfg_cutoff_callback": ("ddpm", {"callback_on_step_end": "cfg_cutoff"}),  # diffusers' own PipelineCallback
+}
+
+
+@pytest.mark.parametrize("case", list(TEXT2IMG_CASES))
+def test_text2img_matches_stable_diffusion(tiny, case):
+    scheduler, extra = TEXT2IMG_CASES[case]
+    components = parts(tiny, scheduler)
+    pipe, sd = ours(LatentDiffusionPipeline, components), stable_diffusion(StableDiffusionPipeline, components)
+
+    def make_kwargs():
+        kwargs = {"prompt": PROMPT, "num_inference_steps": 3, "generator": gen(0), "output_type": "np", **extra}
+        if isinstance(kwargs["generator"], list):
+            kwargs["generator"] = [gen(seed) for seed in kwargs["generator"]]
+        if kwargs.get("latents") == "randn":
+            kwargs["latents"] = torch.randn((1, 4, 16, 16), generator=gen(7))
+        if "timesteps" in kwargs:
+            kwargs.pop("num_inference_steps")
+        if kwargs.get("callback_on_step_end") == "cfg_cutoff":  # guidance off after the first step
+            kwargs["callback_on_step_end"] = SDCFGCutoffCallback(cutoff_step_ratio=0.4)
+        return kwargs
+
+    images, expected = call_both(pipe, sd, make_kwargs)
+    assert images.shape == expected.shape
+    torch.testing.assert_close(torch.from_numpy(images), torch.from_numpy(expected), atol=1e-6, rtol=0)
+
+
+def test_text2img_prompt_embeds_match_prompt(tiny):
+    """`encode_prompt` output fed back as embeddings reproduces the prompt run exactly (training reuses it)."""
+    pipe = ours(LatentDiffusionPipeline, parts(tiny))
+    prompt_embeds, negative_prompt_embeds = pipe.encode_prompt(PROMPT, negative_prompt="a blue square")
+    assert prompt_embeds.shape == negative_prompt_embeds.shape == (1, 77, 32)
+    kwargs = {"num_inference_steps": 2, "output_type": "np"}
+    from_text = pipe(PROMPT, negative_prompt="a blue square", generator=gen(0), **kwargs).images
+    from_embeds = pipe(
+        prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, generator=gen(0), **kwargs
+    ).images
+    np.testing.assert_array_equal(from_text, from_embeds)
+
+
+def test_unconditional_input_is_the_empty_prompt(tiny):
+    """The unconditional half is exactly the encoding of "" — what caption dropout trains the model on."""
+    pipe = ours(LatentDiffusionPipeline, parts(tiny))
+    _, negative = pipe.encode_prompt(["a red circle", "a blue square"], num_images_per_prompt=2)
+    empty, _ = pipe.encode_prompt("", do_classifier_free_guidance=False)
+    assert negative.shape == (4, 77, 32)
+    for row in negative:
+        torch.testing.assert_close(row, empty[0], atol=0, rtol=0)
+
+
+def test_recorded_output_slice(tiny):
+    """Values recorded once from this implementation after it matched StableDiffusionPipeline exactly.
+
+    Prompt and unconditional input go in as fixed token ids, so the numbers depend on the models' seeded weights
+    only, not on the ids conftest's freshly trained tokenizer assigns to words and special tokens.
+    """
+    components = parts(tiny)
+    pipe, sd = ours(LatentDiffusionPipeline, components), stable_diffusion(StableDiffusionPipeline, components)
+    with torch.no_grad():
+        prompt_embeds = tiny["text_encoder"](torch.tensor([[0, 300, 310, 320, 330] + [1] * 72]))[0]
+        negative_prompt_embeds = tiny["text_encoder"](torch.tensor([[0] + [1] * 76]))[0]
+    kwargs = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
+    kwargs.update(num_inference_steps=3, output_type="np")
+    image = pipe(**kwargs, generator=gen(0)).images
+    assert image.shape == (1, 32, 32, 3)
+    expected = np.array([[0.4355, 0.5070, 0.5075], [0.5184, 0.6007, 0.6070], [0.4594, 0.4612, 0.5004]])
+    np.testing.assert_allclose(image[0, -3:, -3:, -1], expected, atol=1e-4)
+    np.testing.assert_array_equal(image, sd(**kwargs, generator=gen(0)).images)
+
+
+def test_output_types(tiny):
+    pipe = ours(LatentDiffusionPipeline, parts(tiny))
+    kwargs = {"prompt": PROMPT, "num_inference_steps": 1, "num_images_per_prompt": 2}
+    pil = pipe(**kwargs, output_type="pil").images
+    assert len(pil) == 2 and all(isinstance(i, PIL.Image.Image) and i.size == (32, 32) for i in pil)
+    assert pipe(**kwargs, output_type="np").images.shape == (2, 32, 32, 3)
+    pt = pipe(**kwargs, output_type="pt").images
+    assert pt.shape == (2, 3, 32, 32) and 0 <= pt.min() and pt.max() <= 1
+    assert pipe(**kwargs, output_type="latent").images.shape == (2, 4, 16, 16)
+    (images,) = pipe(**kwargs, output_type="np", return_dict=False)
+    assert images.shape == (2, 32, 32, 3)
+    assert pipe(**kwargs, height=16, width=24, output_type="np").images.shape == (2, 16, 24, 3)
+
+
+def test_decode_applies_scaling_and_shift(tiny):
+    """Decoding undoes z = (E(x) - shift) · scaling; `shift_factor` is diffusers' AutoencoderKL config key."""
+    components = {**parts(tiny), "vae": copy.deepcopy(tiny["vae"])}  # a private VAE: its config is modified
+    components["vae"].register_to_config(shift_factor=0.25)
+    pipe = ours(LatentDiffusionPipeline, components)
+    latents = pipe(PROMPT, num_inference_steps=2, generator=gen(0), output_type="latent").images
+    images = pipe(PROMPT, num_inference_steps=2, generator=gen(0), output_type="pt").images
+    vae = components["vae"]
+    with torch.no_grad():
+        expected = vae.decode(latents / vae.config.scaling_factor + 0.25).sample
+    torch.testing.assert_close(images, (expected / 2 + 0.5).clamp(0, 1), atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Callbacks
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheduler", ["ddpm", "dpm"])  # DPM-Solver's step returns no x̂_0: the fallback computes it
+def test_callback_sees_tensors_and_final_prediction(tiny, scheduler):
+    pipe = ours(LatentDiffusionPipeline, parts(tiny, scheduler))
+    seen = []
+
+    def callback(pipeline, step, timestep, kwargs):
+        seen.append({k: v.clone() for k, v in kwargs.items()})
+        return {}
+
+    inputs = ["latents", "prompt_embeds", "noise_pred", "pred_original_sample"]
+    latents = pipe(
+        PROMPT, num_inference_steps=3, generator=gen(0), output_type="latent",
+        callback_on_step_end=callback, callback_on_step_end_tensor_inputs=inputs,
+    ).images  # fmt: skip
+    assert len(seen) == 3 and set(seen[0]) == set(inputs)
+    assert seen[0]["prompt_embeds"].shape == (2, 77, 32)  # [unconditional, conditional], as in diffusers
+    assert seen[0]["noise_pred"].shape == seen[0]["pred_original_sample"].shape == (1, 4, 16, 16)
+    # The last step lands on t = 0, where the sample is the model's x̂_0 (up to DDPM's σ ≈ 1e-10 noise).
+    torch.testing.assert_close(seen[-1]["pred_original_sample"], latents, atol=1e-5, rtol=0)
+
+
+def test_callback_can_replace_latents(tiny):
+    pipe = ours(LatentDiffusionPipeline, parts(tiny, "ddim"))
+
+    def zero_latents(pipeline, step, timestep, kwargs):
+        return {"latents": torch.zeros_like(kwargs["latents"])}
+
+    kwargs = {"prompt": PROMPT, "num_inference_steps": 2, "generator": gen(0), "output_type": "latent"}
+    latents = pipe(**kwargs, callback_on_step_end=zero_latents).images
+    assert torch.count_nonzero(latents) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Img2img: the same images as StableDiffusionImg2ImgPipeline
+# ---------------------------------------------------------------------------------------------------------------------
+IMG2IMG_CASES = {
+    "ddpm": ("ddpm", {}),
+    "strength_1": ("ddpm", {"strength": 1.0}),
+    "no_guidance": ("ddpm", {"guidance_scale": 1.0}),
+    "two_per_prompt": ("ddpm", {"num_images_per_prompt": 2}),
+    "generator_list": ("ddpm", {"num_images_per_prompt": 2, "generator": [3, 4]}),
+    "ddim_eta": ("ddim", {"eta": 1.0}),
+    "euler": ("euler", {}),  # needs set_begin_index for the shortened schedule
+    "dpm_solver": ("dpm", {}),
+}
+
+
+@pytest.mark.parametrize("case", list(IMG2IMG_CASES))
+def test_img2img_matches_stable_diffusion(tiny, case):
+    scheduler, extra = IMG2IMG_CASES[case]
+    components = parts(tiny, scheduler)
+    pipe = ours(LatentDiffusionImg2ImgPipeline, components)
+    sd = stable_diffusion(StableDiffusionImg2ImgPipeline, components)
+
+    def make_kwargs():
+        kwargs = {"prompt": PROMPT, "image": gradient_image(), "strength": 0.6, "num_inference_steps": 5}
+        kwargs.update({"generator": gen(0), "output_type": "np", **extra})
+        if isinstance(kwargs["generator"], list):
+            kwargs["generator"] = [gen(seed) for seed in kwargs["generator"]]
+        return kwargs
+
+    images, expected = call_both(pipe, sd, make_kwargs)
+    assert images.shape == expected.shape
+    # Not bit-exact with 2 images: diffusers' torch.cat of the VAE's (channels-last strided) latents and our
+    # repeat_interleave give the UNet differently laid out memory, which changes float summation order (~1e-6).
+    torch.testing.assert_close(torch.from_numpy(images), torch.from_numpy(expected), atol=1e-5, rtol=0)
+
+
+def test_img2img_accepts_pil_numpy_and_tensor_alike(tiny):
+    pipe = ours(LatentDiffusionImg2ImgPipeline, parts(tiny))
+    pixels = np.asarray(gradient_image()).astype(np.float32) / 255  # HWC in [0, 1]
+    tensor = torch.from_numpy(pixels).permute(2, 0, 1) * 2 - 1  # CHW in [-1, 1]
+    results = [
+        pipe(PROMPT, image=image, strength=0.5, num_inference_steps=4, generator=gen(0), output_type="np").images
+        for image in (gradient_image(), pixels, tensor)
+    ]
+    # Not bit-equal: the processor's same-size resize of arrays and tensors is an interpolation (~3e-6).
+    np.testing.assert_allclose(results[1], results[0], atol=1e-5)
+    np.testing.assert_allclose(results[2], results[0], atol=1e-5)
+
+
+def test_img2img_strength_controls_how_much_changes(tiny):
+    """Measured in latent space: the random tiny VAE's reconstruction error would swamp the change in pixels."""
+    pipe = ours(LatentDiffusionImg2ImgPipeline, parts(tiny))
+    with torch.no_grad():  # the pipeline's first draw from gen(0) is this posterior sample
+        original = pipe.encode_image(pipe.preprocess_image(gradient_image(), 32, 32), 1, gen(0))
+    distances = {}
+    for strength in (0.2, 0.6, 1.0):
+        kwargs = {"image": gradient_image(), "strength": strength, "num_inference_steps": 5, "output_type": "latent"}
+        latents = pipe(PROMPT, **kwargs, generator=gen(0)).images
+        distances[strength] = (latents - original).abs().mean().item()
+    assert distances[0.2] < distances[0.6] < distances[1.0], distances
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inpainting
+# ---------------------------------------------------------------------------------------------------------------------
+class _DiffusersRandomOrder(LatentDiffusionInpaintPipeline):
+    """Draw the random numbers diffusers' inpaint pipeline draws and discards (it VAE-encodes the masked image, which
+    a 4-channel UNet never uses, after sampling the noise), so a stochastic scheduler's step noise lines up."""
+
+    def prepare_extra_step_kwargs(self, generator, eta):
+        randn_tensor((1, 4, 16, 16), generator=generator)
+        return super().prepare_extra_step_kwargs(generator, eta)
+
+
+INPAINT_CASES = {
+    "ddim": ("ddim", {}, LatentDiffusionInpaintPipeline),
+    "ddim_strength": ("ddim", {"strength": 0.6}, LatentDiffusionInpaintPipeline),
+    "euler_two_per_prompt": ("euler", {"num_images_per_prompt": 2}, LatentDiffusionInpaintPipeline),
+    "ddpm": ("ddpm", {}, _DiffusersRandomOrder),
+    "ddpm_strength": ("ddpm", {"strength": 0.6}, _DiffusersRandomOrder),
+}
+
+
+@pytest.mark.parametrize("case", list(INPAINT_CASES))
+def test_inpaint_matches_stable_diffusion_with_a_text2img_unet(tiny, case):
+    """diffusers' inpaint pipeline replaces the known region the same way when the UNet has 4 input channels."""
+    scheduler, extra, cls = INPAINT_CASES[case]
+    components = parts(tiny, scheduler)
+    pipe, sd = ours(cls, components), stable_diffusion(StableDiffusionInpaintPipeline, components)
+
+    def make_kwargs():
+        kwargs = {"prompt": PROMPT, "image": gradient_image(), "mask_image": right_half_mask()}
+        return {**kwargs, "num_inference_steps": 4, "generator": gen(0), "output_type": "np", **extra}
+
+    images, expected = call_both(pipe, sd, make_kwargs)
+    torch.testing.assert_close(torch.from_numpy(images), torch.from_numpy(expected), atol=1e-5, rtol=0)
+
+
+def test_inpaint_keeps_the_known_region(tiny):
+    components = parts(tiny)
+    pipe = ours(LatentDiffusionInpaintPipeline, components)
+    kwargs = {"prompt": PROMPT, "image": gradient_image(), "mask_image": right_half_mask(), "num_inference_steps": 3}
+
+    # Latent space, exactly: the known half is the encoded original, the repainted half is new.
+    latents = pipe(**kwargs, generator=gen(0), output_type="latent").images
+    vae = components["vae"]
+    image = pipe.image_processor.preprocess(gradient_image())
+    with torch.no_grad():
+        posterior_sample = vae.encode(image).latent_dist.sample(gen(0))  # the pipeline's first draw from gen(0)
+        reconstruction = (vae.decode(posterior_sample).sample / 2 + 0.5).clamp(0, 1)
+    original_latents = posterior_sample * vae.config.scaling_factor
+    torch.testing.assert_close(latents[..., :8], original_latents[..., :8], atol=1e-6, rtol=1e-6)
+    assert (latents[..., 8:] - original_latents[..., 8:]).abs().mean() > 0.5
+
+    # Pixels, against the VAE's own reconstruction of the input. Not near-exact with a random tiny VAE: its decoder's
+    # GroupNorm statistics (and mid-block attention) span the whole image, so the repainted half moves the kept half
+    # too (a decoder without the attention moves it as much; trained VAEs are far more local). Measured mean |Δ|:
+    # kept 0.106, repainted 0.205 at seed 0; kept 0.10-0.13, repainted 0.19-0.20 over seeds 0-5. Bounds with margin:
+    images = pipe(**kwargs, generator=gen(0), output_type="pt").images
+    difference = (images - reconstruction).abs()
+    kept, repainted = difference[..., :16].mean().item(), difference[..., 16:].mean().item()
+    assert kept < 0.15, kept
+    assert repainted > 0.17, repainted
+
+
+def test_inpaint_mask_as_tensor_equals_mask_as_pil(tiny):
+    pipe = ours(LatentDiffusionInpaintPipeline, parts(tiny, "ddim"))
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 16:] = 1
+    kwargs = {"prompt": PROMPT, "image": gradient_image(), "num_inference_steps": 2, "output_type": "np"}
+    from_pil = pipe(**kwargs, mask_image=right_half_mask(), generator=gen(0)).images
+    from_tensor = pipe(**kwargs, mask_image=mask, generator=gen(0)).images
+    np.testing.assert_array_equal(from_pil, from_tensor)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Saving and loading
+# ---------------------------------------------------------------------------------------------------------------------
+def test_save_and_load_round_trip(tiny, tmp_path):
+    pipe = ours(LatentDiffusionPipeline, parts(tiny))
+    pipe.save_pretrained(tmp_path)
+    for folder in ("unet", "vae"):
+        assert (tmp_path / folder / "diffusion_pytorch_model.safetensors").is_file()
+    assert (tmp_path / "text_encoder" / "model.safetensors").is_file()
+    assert not list(tmp_path.rglob("*.bin"))
+
+    loaded = ours(LatentDiffusionPipeline, LatentDiffusionPipeline.from_pretrained(tmp_path).components)
+    assert type(loaded.scheduler) is DDPMScheduler
+    kwargs = {"prompt": PROMPT, "num_inference_steps": 2, "output_type": "np"}
+    np.testing.assert_array_equal(pipe(**kwargs, generator=gen(0)).images, loaded(**kwargs, generator=gen(0)).images)
+
+    # The same folder loads as the img2img / inpaint pipelines.
+    inpaint = LatentDiffusionInpaintPipeline.from_pretrained(tmp_path)
+    assert isinstance(inpaint, LatentDiffusionInpaintPipeline) and type(inpaint.scheduler) is DDPMScheduler
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input: ValueError naming the argument, before any model runs
+# ---------------------------------------------------------------------------------------------------------------------
+def _embeds(batch: int, seq: int = 77) -> torch.Tensor:
+    return torch.zeros(batch, seq, 32)
+
+
+ERROR_CASES = [
+    ("text", {"prompt": PROMPT, "prompt_embeds": _embeds(1)}, r"either `prompt` or `prompt_embeds`.*got both"),
+    ("text", {"prompt": None}, r"one of `prompt`.*got neither"),
+    ("text", {"prompt": [PROMPT, PROMPT], "negative_prompt": ["x"]}, r"`negative_prompt`: a list of 1 .* batch of 2"),
+    (
+        "text",
+        {"prompt": None, "prompt_embeds": _embeds(1), "negative_prompt_embeds": _embeds(1, seq=10)},
+        r"`negative_prompt_embeds`: shape \(1, 10, 32\) must equal .* \(1, 77, 32\)",
+    ),
+    ("text", {"generator": [torch.Generator()] * 3}, r"`generator`: a list of 3 generators for 1 images"),
+    ("text", {"height": 33}, r"`height`: 33 must be a positive multiple of the VAE scale factor 2"),
+    ("text", {"width": 31}, r"`width`: 31 must be a positive multiple"),
+    ("text", {"guidance_scale": -1.0}, r"`guidance_scale`: -1.0 must be >= 0"),
+    ("text", {"guidance_rescale": 1.5}, r"`guidance_rescale`: 1.5 must be in \[0, 1\]"),
+    ("text", {"output_type": "jpg"}, r"`output_type`: 'jpg' must be one of \['pil', 'np', 'pt', 'latent'\]"),
+    ("text", {"num_inference_steps": 0}, r"`num_inference_steps`: 0 must be an integer >= 1"),
+    ("text", {"num_inference_steps": 1001}, r"`num_inference_steps`: 1001 cannot be larger than .*: 1000"),
+    ("text", {"num_images_per_prompt": 0}, r"`num_images_per_prompt`: 0 must be an integer >= 1"),
+    ("text", {"latents": torch.zeros(1, 4, 8, 8)}, r"`latents`: got shape \(1, 4, 8, 8\); expected \(1, 4, 16, 16\)"),
+    (
+        "text",
+        {"callback_on_step_end": lambda *a: {}, "callback_on_step_end_tensor_inputs": ["latents", "unet"]},
+        r"`callback_on_step_end_tensor_inputs`: \['unet'\] not allowed",
+    ),
+    ("img2img", {"strength": 1.5}, r"`strength`: 1.5 must be in \(0, 1\]"),
+    ("img2img", {"strength": 0.0}, r"`strength`: 0.0 must be in \(0, 1\]"),
+    ("img2img", {"strength": 0.1, "num_inference_steps": 3}, r"`strength`: 0.1 of 3 steps leaves .* 0 denoising"),
+    ("img2img", {"image": None}, r"`image`: got NoneType"),
+    ("img2img", {"image": torch.full((1, 3, 32, 32), 2.0)}, r"`image`: tensor values span \[2, 2\]"),
+    ("img2img", {"image": np.zeros((32, 32, 4))}, r"`image`: shape \(32, 32, 4\) is not \(N\)HWC with 3 channels"),
+    ("inpaint", {"mask_image": PIL.Image.new("L", (16, 16))}, r"`mask_image`: size \(16, 16\) .* `image`: \(32, 32\)"),
+    ("inpaint", {"mask_image": None}, r"`mask_image`: got NoneType"),
+]
+
+
+@pytest.mark.parametrize("kind,kwargs,match", ERROR_CASES, ids=[m.split(":")[0][:40] for _, _, m in ERROR_CASES])
+def test_bad_input_raises_before_any_model_runs(tiny, kind, kwargs, match):
+    cls = {"text": LatentDiffusionPipeline, "img2img": LatentDiffusionImg2ImgPipeline}.get(
+        kind, LatentDiffusionInpaintPipeline
+    )
+    pipe = ours(cls, parts(tiny))
+    calls = []
+    hooks = [m.register_forward_pre_hook(lambda *_: calls.append(1)) for m in (tiny["unet"], tiny["text_encoder"])]
+    arguments = {"prompt": PROMPT, "num_inference_steps": 2}
+    if kind != "text":
+        arguments["image"] = gradient_image()
+    if kind == "inpaint":
+        arguments["mask_image"] = right_half_mask()
+    try:
+        with pytest.raises(ValueError, match=match):
+            pipe(**{**arguments, **kwargs})
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert not calls, "a model ran before the argument check"
+
+
+def test_long_prompt_is_truncated_with_a_warning(tiny, caplog):
+    pipe = ours(LatentDiffusionPipeline, parts(tiny))
+    long_prompt = "a small red circle on a white background " * 12  # ~98 tokens
+    with caplog.at_level(logging.WARNING):
+        prompt_embeds, _ = pipe.encode_prompt(long_prompt)
+    assert prompt_embeds.shape == (1, 77, 32)
+    assert "truncated to 77 tokens" in caplog.text and "circle on a white background" in caplog.text
