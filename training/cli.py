@@ -1,0 +1,53 @@
+"""The command line shared by scripts/train.py and scripts/train_vae.py.
+
+    python scripts/train.py --config configs/tiny.yaml [key=value | --key=value ...] [--dry_run] [--debug]
+
+Bad input (unknown key, wrong type, missing file, ...) prints one line and exits with code 2; `--debug` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; reported as one line, exit code 2."""
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, UsageError)
+
+
+def parse(argv: list[str] | None, description: str):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML file with the run's settings (see configs/)")
+    parser.add_argument("--dry_run", action="store_true", help="print the resolved config, build models and data, exit")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    for item in rest:
+        if "=" not in item:
+            parser.error(f"unexpected argument {item!r}; settings are given as key=value (or --key=value)")
+        overrides.append(item[2:] if item.startswith("--") else item)
+    return args, overrides
+
+
+def run(main, description: str, argv: list[str] | None = None) -> int:
+    """Load the config from the command line, then call `main(config, dry_run=...)`."""
+    from .config import config_to_dict, load_config
+
+    args, overrides = parse(argv, description)
+    try:
+        config = load_config(args.config, overrides)
+        if args.dry_run:
+            import yaml
+
+            print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+        main(config, dry_run=args.dry_run)
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

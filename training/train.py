@@ -1,0 +1,609 @@
+"""Train a text-to-image latent diffusion model: `main(config)`, run by `accelerate launch scripts/train.py`.
+
+Reads top to bottom: accelerator → seed → data → models → optimizer → prepare → resume → loop → save.
+
+Randomness that decides *what* a step trains on (the noise ε, the timestep t, caption dropout, the VAE's latent
+sample) is drawn from generators seeded by (seed, step, micro-step, position of the sample in the global batch).
+That makes a resumed run draw exactly what the uninterrupted run drew, without restoring RNG state, and makes
+N processes with per-process batch B draw what one process with batch N·B draws.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from pipelines import LatentDiffusionPipeline
+from pipelines.pipeline_latent_diffusion import latent_shift
+
+from . import checkpoint as ckpt
+from .cli import UsageError
+from .config import TrainConfig, config_to_dict, save_config
+from .data import ImageCaptionDataset, all_captions, collate_fn, load_train_dataset
+from .loss import diffusion_loss, training_target
+from .models import (
+    check_compatible,
+    freeze,
+    load_noise_scheduler,
+    load_text_encoder,
+    load_tokenizer,
+    load_unet,
+    load_vae,
+)
+from .reporting import plot_loss, save_image_grid
+
+logger = get_logger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def main(config: TrainConfig, dry_run: bool = False) -> Path:
+    """Train per `config`; with `dry_run`, build the models and the data, report them, and write nothing."""
+    output_dir = Path(config.output_dir)
+
+    # 1. Accelerator (CPU DDP when there is no GPU; see make_accelerator).
+    accelerator = make_accelerator(config, output_dir)
+    resume_from = ckpt.resolve_resume(config.resume_from_checkpoint, output_dir)
+    _check_output_dir(config, output_dir, resuming=resume_from is not None)
+    accelerator.wait_for_everyone()  # every rank checks before the main one writes anything
+    if accelerator.is_main_process and not dry_run:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+
+    # 2. Seed: model initialisation and data order are the same on every process and in every rerun.
+    set_seed(config.seed)
+
+    # 3. Data (first, because a tokenizer trained from scratch needs the captions).
+    dataset = load_train_dataset(config)
+
+    # 4. Models: frozen VAE, text encoder (frozen unless `train_text_encoder`), trainable UNet, our scheduler.
+    with accelerator.main_process_first():
+        # The main process trains the tokenizer (if needed) and saves it; the others load that exact one.
+        tokenizer_dir = output_dir / "tokenizer"
+        if not _has_pretrained(config, "tokenizer") and not accelerator.is_main_process and not dry_run:
+            tokenizer = load_tokenizer(_with(config, pretrained_tokenizer=str(tokenizer_dir)))
+        else:
+            tokenizer = load_tokenizer(config, captions=all_captions(dataset))
+            if accelerator.is_main_process and not dry_run:
+                tokenizer.save_pretrained(tokenizer_dir)
+    set_seed(config.seed)  # tokenizer training must not shift model initialisation
+    text_encoder = load_text_encoder(config, tokenizer)
+    vae = freeze(load_vae(config))
+    unet = load_unet(config)
+    noise_scheduler = load_noise_scheduler(config)
+    check_compatible(config, vae, text_encoder, unet)
+    if not config.train_text_encoder:
+        freeze(text_encoder)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if config.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+
+    # Frozen parts run in the mixed-precision dtype; trained parameters stay float32 (autocast handles compute).
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    frozen = [vae] if config.train_text_encoder else [vae, text_encoder]
+    for module in frozen:
+        module.to(accelerator.device)
+        if weight_dtype != torch.float32:
+            module.to(dtype=weight_dtype)
+
+    ema = None
+    if config.use_ema:
+        ema = EMAModel(
+            unet.parameters(),
+            decay=config.ema_decay,
+            use_ema_warmup=config.ema_warmup,
+            model_cls=UNet2DConditionModel,
+            model_config=unet.config,
+        )
+        ema.to(accelerator.device)
+
+    # 5. Data loader, and the caches of frozen-part outputs.
+    dataloader, _ = build_train_dataloader(dataset, config)
+    if dry_run:
+        sizes = {n: sum(p.numel() for p in m.parameters()) for n, m in [("unet", unet), ("vae", vae), ("text_encoder", text_encoder)]}
+        accelerator.print(
+            f"dry run: {len(dataset)} examples, {len(dataloader)} batches/epoch, parameters "
+            + ", ".join(f"{n} {v / 1e6:.2f}M" for n, v in sizes.items())
+            + f", tokenizer vocab {len(tokenizer)}; nothing was trained or written."
+        )
+        return output_dir
+    latent_cache = text_cache = None
+    if config.cache_latents:
+        latent_cache = _cache_latent_distributions(dataset, config, vae, accelerator, weight_dtype)
+    if config.cache_text_embeddings and not config.train_text_encoder:
+        text_cache = _cache_text_embeddings(all_captions(dataset), tokenizer, text_encoder, accelerator)
+
+    # 6. Optimizer and learning-rate schedule. accelerate steps a prepared scheduler once per process per optimizer
+    #    step, so warmup and total are counted in "process steps" (as diffusers' training scripts do).
+    learning_rate = config.learning_rate
+    if config.scale_lr:
+        learning_rate *= config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if config.train_text_encoder else [])
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+        fused=torch.cuda.is_available() or None,
+    )
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=config.max_train_steps * accelerator.num_processes,
+    )
+
+    # 7. Prepare for (distributed) training.
+    if config.train_text_encoder:
+        unet, text_encoder, optimizer, dataloader, lr_scheduler = accelerator.prepare(
+            unet, text_encoder, optimizer, dataloader, lr_scheduler
+        )
+    else:
+        unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
+    if accelerator.is_main_process and config.report_to != "none":
+        accelerator.init_trackers(config.tracker_project_name, config=_flat_hparams(config))
+
+    # 8. Resume: weights, optimizer, LR schedule and EMA from the checkpoint; data position by skipping batches.
+    global_step, history = 0, []
+    if resume_from is not None:
+        state = ckpt.read_state(resume_from)
+        accelerator.load_state(str(resume_from))
+        if ema is not None:
+            loaded = EMAModel.from_pretrained(str(resume_from / ckpt.EMA_FOLDER), model_cls=UNet2DConditionModel)
+            ema.load_state_dict(loaded.state_dict())
+            ema.to(accelerator.device)
+        global_step, history = state["global_step"], state["history"]
+        accelerator.print(f"Resumed from {resume_from} at step {global_step}")
+    elif config.resume_from_checkpoint == "latest":
+        accelerator.print(f"No complete checkpoint in {output_dir}; starting from scratch.")
+
+    batches_per_epoch = len(dataloader)
+    steps_per_epoch = max(batches_per_epoch // config.gradient_accumulation_steps, 1)
+    num_epochs = math.ceil(config.max_train_steps / steps_per_epoch)
+    first_epoch = global_step // steps_per_epoch
+    resume_batches = (global_step % steps_per_epoch) * config.gradient_accumulation_steps
+
+    total_batch = config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+    logger.info(
+        f"Training {config.max_train_steps} steps: {len(dataset)} examples, {accelerator.num_processes} process(es), "
+        f"batch {config.train_batch_size}/process x {config.gradient_accumulation_steps} accumulation = {total_batch}"
+    )
+    stop = _StopSignal()
+    progress = tqdm(
+        total=config.max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_local_main_process
+    )
+
+    # 9. The loop.
+    step_loss, step_start, consecutive_bad = 0.0, time.perf_counter(), 0
+    for epoch in range(first_epoch, num_epochs):
+        epoch_loader = dataloader
+        if epoch == first_epoch and resume_batches:
+            epoch_loader = accelerator.skip_first_batches(dataloader, resume_batches)
+        # Through accelerate's loader, not our sampler: at every __iter__ it re-sets the sampler's epoch from its
+        # own iteration counter, which after a resume would otherwise restart at 0 and replay epoch 0's order.
+        epoch_loader.set_epoch(epoch)
+        micro_step = resume_batches if epoch == first_epoch else 0
+        for batch in epoch_loader:
+            generators = sample_generators(config.seed, global_step, micro_step, accelerator, len(batch["captions"]))
+            micro_step += 1
+            with accelerator.accumulate(unet):
+                latents = _encode_latents(batch, vae, latent_cache, generators, weight_dtype)
+                captions = _drop_captions(batch["captions"], config.cfg_dropout, generators)
+                encoder_hidden_states = _encode_text(captions, tokenizer, text_encoder, text_cache, accelerator)
+
+                noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators])
+                if config.noise_offset:  # Guttenberg 2023, "Diffusion with offset noise": per-channel DC shift
+                    noise += config.noise_offset * torch.stack(
+                        [torch.randn(latents.shape[1], 1, 1, generator=g) for g in generators]
+                    )
+                timesteps = torch.cat(
+                    [torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), generator=g) for g in generators]
+                )
+                noise, timesteps = noise.to(latents.device), timesteps.to(latents.device)
+                noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)  # Eq. 4
+                target = training_target(noise_scheduler, latents, noise, timesteps)
+
+                model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
+                loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, config.snr_gamma)
+
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    finite = _all_finite(accelerator, loss, grad_norm)
+                    if not finite:
+                        optimizer.zero_grad(set_to_none=True)  # the bad gradients never reach the weights
+                if not accelerator.sync_gradients or finite:
+                    optimizer.step()
+                    lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step_loss += accelerator.reduce(loss.detach().float(), reduction="mean").item()
+
+            if not accelerator.sync_gradients:
+                continue
+
+            # One optimizer step is complete (all accumulation micro-steps done).
+            if not finite:
+                consecutive_bad += 1
+                message = (
+                    f"Non-finite loss or gradient at step {global_step + 1} (loss={step_loss:.4g}, "
+                    f"grad_norm={float(grad_norm):.4g}); the update was skipped."
+                )
+                if config.non_finite_loss == "stop" and consecutive_bad >= config.max_consecutive_non_finite:
+                    raise NonFiniteLossError(
+                        f"{message} Stopping after {consecutive_bad} consecutive non-finite step(s) "
+                        f"(`max_consecutive_non_finite`). The last good checkpoint is untouched."
+                    )
+                logger.warning(message)
+            else:
+                consecutive_bad = 0
+                if ema is not None:
+                    ema.step(unet.parameters())
+            global_step += 1
+            micro_step = 0 if micro_step >= batches_per_epoch else micro_step
+            mean_loss = step_loss / config.gradient_accumulation_steps
+            elapsed = time.perf_counter() - step_start
+            logs = {
+                "loss": mean_loss,
+                "lr": lr_scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "images_per_sec": total_batch / max(elapsed, 1e-9),
+            }
+            history.append({"step": global_step, "loss": mean_loss, "lr": logs["lr"]})
+            accelerator.log(logs, step=global_step)
+            progress.update(1)
+            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{logs['lr']:.2e}")
+            step_loss, step_start = 0.0, time.perf_counter()
+
+            done = global_step >= config.max_train_steps
+            stopping = stop.requested(accelerator)
+            if (config.checkpointing_steps and global_step % config.checkpointing_steps == 0) or (stopping and not done):
+                ckpt.save_checkpoint(
+                    accelerator,
+                    output_dir,
+                    global_step,
+                    {"global_step": global_step, "history": history},
+                    ema=ema if accelerator.is_main_process else None,
+                    limit=config.checkpoints_total_limit,
+                )
+            if config.validation_steps and global_step % config.validation_steps == 0 and config.validation_prompts:
+                _validate(config, accelerator, unet, ema, vae, text_encoder, tokenizer, noise_scheduler, global_step)
+            if stopping and not done:
+                progress.close()
+                accelerator.print(
+                    f"Stopped by signal at step {global_step}; checkpoint saved. Resume with: "
+                    f"resume_from_checkpoint=latest (same config and output_dir)."
+                )
+                accelerator.end_training()
+                return output_dir
+            if done:
+                break
+        if global_step >= config.max_train_steps:
+            break
+    progress.close()
+
+    # 10. Save the EMA pipeline (loadable with LatentDiffusionPipeline.from_pretrained(output_dir)), samples, plots.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pipeline = _pipeline(accelerator, unet, ema, vae, text_encoder, tokenizer, noise_scheduler, use_ema=True)
+        pipeline.save_pretrained(output_dir)
+        if config.validation_prompts:
+            images = _generate(pipeline, config)
+            save_image_grid(images, output_dir / "samples.png", captions=_repeat_prompts(config))
+        plot_loss(history, output_dir / "loss.png")
+        _write_history(history, output_dir / "loss_history.json")
+        accelerator.print(f"Saved the trained pipeline to {output_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return output_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data order
+# ---------------------------------------------------------------------------------------------------------------------
+class EpochSampler(torch.utils.data.Sampler):
+    """A permutation of the dataset per epoch, drawn from (seed, epoch) alone, so every process and every resumed
+    run agrees on the order. `set_epoch` also moves the dataset's per-sample augmentation stream."""
+
+    def __init__(self, dataset: ImageCaptionDataset, seed: int, shuffle: bool = True):
+        self.dataset, self.seed, self.shuffle, self.epoch = dataset, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(len(self.dataset)))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
+
+
+class _WithIndex(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "index": index}
+
+
+def _collate_with_index(examples: list[dict]) -> dict:
+    return {**collate_fn(examples), "indices": [example["index"] for example in examples]}
+
+
+def build_train_dataloader(dataset, config, batch_size: int | None = None, shuffle: bool = True, augment: bool = True):
+    """(DataLoader, EpochSampler) over `dataset` with the config's transforms; batches carry `pixel_values`,
+    `captions` and dataset `indices`. `augment=False` gives the deterministic view (center crop, no flip)."""
+    torch_dataset = ImageCaptionDataset.from_config(dataset, config, train=augment)
+    if not augment:
+        torch_dataset.center_crop, torch_dataset.random_flip = True, False
+    torch_dataset = _WithIndex(torch_dataset)
+    batch_size = batch_size or config.train_batch_size
+    if shuffle and len(torch_dataset) < batch_size:
+        raise ValueError(
+            f"`train_batch_size`: {batch_size} is larger than the dataset ({len(torch_dataset)} examples); "
+            f"lower it or add data."
+        )
+    sampler = EpochSampler(torch_dataset, config.seed, shuffle=shuffle)
+    loader = torch.utils.data.DataLoader(
+        torch_dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=_collate_with_index,
+        num_workers=config.dataloader_num_workers,
+        drop_last=shuffle,  # every training step sees a full batch, so per-process batches line up under DDP
+    )
+    return loader, sampler
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Step helpers
+# ---------------------------------------------------------------------------------------------------------------------
+def make_accelerator(config, output_dir: Path) -> Accelerator:
+    """An Accelerator for `config`. It asks for CPU explicitly when there is no GPU: otherwise
+    `accelerate launch --multi_gpu` on a CPU machine silently runs N independent single-process trainings
+    instead of one DDP (gloo) run. A launch that still ends up with fewer processes than WORLD_SIZE is refused."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)),
+        cpu=not torch.cuda.is_available(),
+    )
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size != accelerator.num_processes:
+        raise UsageError(
+            f"WORLD_SIZE={world_size} but accelerate set up {accelerator.num_processes} process(es), so they would "
+            f"train independently. Run: accelerate launch --multi_gpu --num_processes {world_size} scripts/train.py ..."
+        )
+    return accelerator
+
+
+def sample_generators(seed: int, step: int, micro_step: int, accelerator, batch_size: int) -> list[torch.Generator]:
+    """One generator per sample, seeded by where the sample sits in the global batch of this (step, micro-step).
+    accelerate gives process r the r-th slice of each group of per-process batches, so position r·B + j here is
+    position r·B + j of one process's batch of N·B."""
+    first = accelerator.process_index * batch_size
+    return [
+        torch.Generator().manual_seed(hash((seed, step, micro_step, first + j)) % (2**63))
+        for j in range(batch_size)
+    ]
+
+
+def _drop_captions(captions: list[str], p: float, generators: list[torch.Generator]) -> list[str]:
+    """CFG training (Ho & Salimans 2022, arXiv 2207.12598): with probability p a caption becomes "", the exact
+    unconditional input the pipeline encodes at inference."""
+    return ["" if torch.rand(1, generator=g).item() < p else c for c, g in zip(captions, generators)]
+
+
+def encode_captions(captions: list[str], tokenizer, text_encoder, device=None) -> torch.Tensor:
+    """CLIP last hidden states for `captions`, padded to the tokenizer's max length — the pipeline's encoding."""
+    ids = tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    return text_encoder(ids.to(device or text_encoder.device))[0]
+
+
+def _encode_text(captions, tokenizer, text_encoder, cache, accelerator) -> torch.Tensor:
+    if cache is not None:
+        return torch.stack([cache[c] for c in captions]).to(accelerator.device)
+    # A trained text encoder is DDP-wrapped and called through the wrapper so its gradients are synchronised.
+    with torch.set_grad_enabled(text_encoder.training):
+        return encode_captions(captions, tokenizer, text_encoder, device=accelerator.device)
+
+
+def _encode_latents(batch, vae, cache, generators, weight_dtype) -> torch.Tensor:
+    """z ~ q(z | x) scaled to unit variance by the VAE's `scaling_factor` (LDM Sec. 4.3.2)."""
+    if cache is not None:
+        mean, std = (torch.stack([cache[i][k] for i in batch["indices"]]) for k in (0, 1))
+        eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in generators])
+        latents = mean + std * eps
+    else:
+        with torch.no_grad():
+            posterior = vae.encode(batch["pixel_values"].to(vae.device, weight_dtype)).latent_dist
+            eps = torch.stack([torch.randn(posterior.mean.shape[1:], generator=g) for g in generators])
+            latents = posterior.mean + posterior.std * eps.to(posterior.mean)
+    shift = latent_shift(vae.config) or 0.0
+    return ((latents.float() - shift) * vae.config.scaling_factor).to(vae.device)
+
+
+def _all_finite(accelerator, loss: torch.Tensor, grad_norm) -> bool:
+    flag = torch.tensor(
+        [float(torch.isfinite(loss.detach()).all()) * float(torch.isfinite(torch.as_tensor(grad_norm)).all())],
+        device=accelerator.device,
+    )
+    return bool(accelerator.gather(flag).min().item() == 1.0)
+
+
+@torch.no_grad()
+def _cache_latent_distributions(dataset, config, vae, accelerator, weight_dtype) -> list[tuple[torch.Tensor, ...]]:
+    """Mean and std of q(z | x) for every example, computed once; each step still samples z afresh from them."""
+    loader, _ = build_train_dataloader(dataset, config, shuffle=False, augment=False)
+    cache = {}
+    for batch in tqdm(loader, desc="cache latents", disable=not accelerator.is_local_main_process):
+        posterior = vae.encode(batch["pixel_values"].to(vae.device, weight_dtype)).latent_dist
+        for i, mean, std in zip(batch["indices"], posterior.mean.float().cpu(), posterior.std.float().cpu()):
+            cache[i] = (mean, std)
+    return cache
+
+
+@torch.no_grad()
+def _cache_text_embeddings(captions, tokenizer, text_encoder, accelerator) -> dict[str, torch.Tensor]:
+    unique = sorted(set(captions) | {""})
+    cache = {}
+    for start in range(0, len(unique), 64):
+        chunk = unique[start : start + 64]
+        for caption, embedding in zip(chunk, encode_captions(chunk, tokenizer, text_encoder).float().cpu()):
+            cache[caption] = embedding
+    return cache
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation and saving
+# ---------------------------------------------------------------------------------------------------------------------
+def _pipeline(accelerator, unet, ema, vae, text_encoder, tokenizer, scheduler, use_ema: bool):
+    unet = accelerator.unwrap_model(unet)
+    if use_ema and ema is not None:
+        ema.copy_to(unet.parameters())
+    text_encoder = accelerator.unwrap_model(text_encoder)
+    for module in (vae, text_encoder):  # sampling runs in float32, whatever the training dtype of frozen parts
+        if module.dtype != torch.float32:
+            module.to(torch.float32)
+    return LatentDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+    )
+
+
+def _repeat_prompts(config) -> list[str]:
+    return [p for p in config.validation_prompts for _ in range(config.num_validation_images)]
+
+
+@torch.no_grad()
+def _generate(pipeline, config) -> list:
+    pipeline.set_progress_bar_config(disable=True)
+    seed = config.validation_seed if config.validation_seed is not None else config.seed
+    generator = torch.Generator().manual_seed(seed)
+    return pipeline(
+        _repeat_prompts(config),
+        num_inference_steps=config.num_inference_steps,
+        guidance_scale=config.guidance_scale,
+        generator=generator,
+        height=config.resolution,
+        width=config.resolution,
+    ).images
+
+
+def _validate(config, accelerator, unet, ema, vae, text_encoder, tokenizer, scheduler, step: int) -> None:
+    """Fixed prompts, fixed seed, EMA weights; the training weights are restored afterwards."""
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(unet)
+        if ema is not None:
+            ema.store(model.parameters())
+        pipeline = _pipeline(accelerator, unet, ema, vae, text_encoder, tokenizer, scheduler, use_ema=True)
+        images = _generate(pipeline, config)
+        if ema is not None:
+            ema.restore(model.parameters())
+        # The VAE / text encoder were cast to float32 for sampling; put them back in the training dtype.
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+        if weight_dtype != torch.float32:
+            vae.to(dtype=weight_dtype)
+            if not config.train_text_encoder:
+                text_encoder.to(dtype=weight_dtype)
+        path = Path(config.output_dir) / "validation" / f"step-{step:06d}.png"
+        grid = save_image_grid(images, path, captions=_repeat_prompts(config))
+        for tracker in accelerator.trackers:
+            if tracker.name == "tensorboard":
+                import numpy as np
+
+                tracker.writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
+        model.train()
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Small utilities
+# ---------------------------------------------------------------------------------------------------------------------
+def _check_output_dir(config, output_dir: Path, resuming: bool) -> None:
+    """Refuse to train into a folder that holds another run, unless told to overwrite or to resume it."""
+    if resuming or config.overwrite_output_dir or not output_dir.exists():
+        return
+    markers = [p.name for p in output_dir.iterdir() if p.name in ("model_index.json", "config.yaml")]
+    markers += [p.name for p in ckpt.list_checkpoints(output_dir)]
+    if markers:
+        raise ValueError(
+            f"`output_dir`: {str(output_dir)!r} already holds a run ({', '.join(sorted(markers)[:3])}). "
+            f"Set `overwrite_output_dir=true` to replace it, `resume_from_checkpoint=latest` to continue it, "
+            f"or choose another `output_dir`."
+        )
+
+
+def _has_pretrained(config, part: str) -> bool:
+    return bool(getattr(config, f"pretrained_{part}", None) or config.pretrained_model_name_or_path)
+
+
+def _with(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def _flat_hparams(config) -> dict:
+    """tensorboard's hparams take scalars and strings only."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config_to_dict(config).items()}
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    import json
+
+    path.write_text(json.dumps(history, indent=1))
+
+
+class _StopSignal:
+    """SIGINT / SIGTERM ask the run to finish its current step, save a checkpoint and exit cleanly."""
+
+    def __init__(self):
+        self.flag = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some notebook runners): keep default handling
+                pass
+
+    def _handle(self, signum, frame):
+        if self.flag:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def requested(self, accelerator) -> bool:
+        flag = torch.tensor([float(self.flag)], device=accelerator.device)
+        return bool(accelerator.gather(flag).max().item() > 0)
