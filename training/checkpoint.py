@@ -1,10 +1,12 @@
 """Checkpoints that are either complete or absent.
 
 A checkpoint is written by `accelerator.save_state` into `checkpoint-<step>.tmp`, completed with the EMA weights and
-`trainer_state.json` (written last), then renamed to `checkpoint-<step>`. A rename within a folder is atomic, so a
-kill at any moment leaves either the previous set of checkpoints or the previous set plus a complete new one (and
-maybe a stale `.tmp`, which is ignored and cleaned up). Old checkpoints are deleted only after the new one is in
-place.
+`trainer_state.json` (written last, listing every file and its size), flushed to disk, then renamed to
+`checkpoint-<step>`. A rename within a folder is atomic, so a kill at any moment leaves either the previous set of
+checkpoints or the previous set plus a complete new one (and maybe a stale `.tmp`, which is ignored and cleaned up).
+Old checkpoints are deleted only after the new one is in place, and are renamed to `.tmp` before being deleted, so a
+kill during the deletion leaves nothing that looks complete. A write that fails (a full disk) removes its `.tmp`,
+leaves the previous checkpoints as they were and stops the run with `CheckpointWriteError`.
 """
 
 from __future__ import annotations
@@ -13,15 +15,22 @@ import json
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 from accelerate.logging import get_logger
+
+from .cli import TrainingError
 
 logger = get_logger(__name__)
 
 STATE_FILE = "trainer_state.json"
 EMA_FOLDER = "unet_ema"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+class CheckpointWriteError(TrainingError):
+    pass
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -35,21 +44,45 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 def resolve_resume(resume_from_checkpoint: str | None, output_dir: str | Path) -> Path | None:
     """`latest` → newest complete checkpoint in `output_dir` (None if there is none); a path → that checkpoint,
-    which must be complete."""
+    which must be complete. Both are checked against the file sizes recorded in their `trainer_state.json`."""
     if not resume_from_checkpoint:
         return None
     if resume_from_checkpoint == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
+        for checkpoint in reversed(list_checkpoints(output_dir)):
+            problem = verify(checkpoint)
+            if problem is None:
+                return checkpoint
+            # Only damage from outside (a truncating copy, a bad disk) gets here; an older checkpoint resumes to the
+            # same result, just later.
+            logger.warning(f"Skipping {checkpoint}: {problem}", main_process_only=True)
+        return None
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
         raise FileNotFoundError(f"`resume_from_checkpoint`: {str(path)!r} is not a directory (or use 'latest').")
-    if not (path / STATE_FILE).is_file():
+    problem = verify(path)
+    if problem is not None:
         raise ValueError(
-            f"`resume_from_checkpoint`: {str(path)!r} is incomplete or corrupt (no {STATE_FILE}); "
-            f"pick another checkpoint or use 'latest', which skips incomplete ones."
+            f"`resume_from_checkpoint`: {str(path)!r} is incomplete or corrupt ({problem}); pick another checkpoint "
+            f"or use 'latest', which skips incomplete ones."
         )
     return path
+
+
+def verify(checkpoint: Path) -> str | None:
+    """None if `checkpoint` is complete, else what is wrong with it."""
+    if not (checkpoint / STATE_FILE).is_file():
+        return f"no {STATE_FILE}"
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        return f"cannot read {STATE_FILE}: {error}"
+    for name, size in state.get("files", {}).items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+    return None
 
 
 def read_state(checkpoint: Path) -> dict:
@@ -61,18 +94,48 @@ def read_state(checkpoint: Path) -> dict:
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict, ema=None, limit: int | None = None):
     """Write checkpoint-<step> atomically (all ranks call this; only the main process touches the filesystem
-    outside `save_state`)."""
+    outside `save_state`, where accelerate has each rank write its own RNG state)."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f"checkpoint-{step}.tmp"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        if ema is not None:
+    # 1. Every rank writes its part (the main one: models, optimizer, schedule; each: its RNG state), then all
+    #    learn whether every part was written, so that on a failure (a full disk) they stop together.
+    error = None
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process and ema is not None:
             ema.save_pretrained(str(tmp / EMA_FOLDER))
-        _write_json_durably(tmp / STATE_FILE, state)
+    except Exception as caught:  # a full disk shows up as OSError, torch's RuntimeError or SafetensorError
+        error = caught
+    kill_point("checkpoint", step, accelerator.process_index)
+    # 2. The main process lists what was written and completes the checkpoint with trainer_state.json.
+    if _all_ranks_ok(accelerator, error is None) and accelerator.is_main_process:
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        try:
+            _write_json_durably(tmp / STATE_FILE, {**state, "files": files})
+            _fsync_tree(tmp)
+        except OSError as caught:
+            error = caught
+    if not _all_ranks_ok(accelerator, error is None):
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # give back the space the partial write took
+        previous = list_checkpoints(output_dir)
+        kept = f"{previous[-1].name} is intact" if previous else "there is no earlier checkpoint"
+        # The error itself may not say the disk is full (torch's zip writer reports "unexpected pos"), so say how
+        # much room there is.
+        room = f"{_mib(shutil.disk_usage(output_dir).free)} free on its disk"
+        if previous:
+            room += f", a checkpoint takes {_mib(_size(previous[-1]))}"
+        raise CheckpointWriteError(
+            f"Could not write checkpoint-{step} in {output_dir} ({room}): "
+            f"{error or 'another process failed to write its part'}. Training stopped at step {step}; {kept}. Free "
+            f"some space and resume with resume_from_checkpoint=latest."
+        ) from error
+    # 3. Publish it with one atomic rename, then rotate.
+    if accelerator.is_main_process:
         if final.exists():  # re-saving the same step (e.g. a stop signal right after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -80,11 +143,44 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
         if limit is not None:
             for old in list_checkpoints(output_dir)[:-limit]:
                 logger.info(f"Removing {old.name} (checkpoints_total_limit={limit})")
-                shutil.rmtree(old, ignore_errors=True)
+                doomed = old.with_name(old.name + ".tmp")
+                shutil.rmtree(doomed, ignore_errors=True)
+                os.replace(old, doomed)  # no longer complete, even if the deletion below is cut short
+                shutil.rmtree(doomed, ignore_errors=True)
         for stale in output_dir.glob("checkpoint-*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def kill_point(phase: str, step: int, rank: int = 0) -> None:
+    """Test hook, inert unless the environment sets it: SCULPT_TEST_KILL_AT="<phase>:<step>" (or
+    "<phase>:<step>@<rank>" for one process) makes the process SIGKILL itself there, so tests/test_reliability.py
+    can crash a run exactly mid-step ("step": after backward, before the update), mid-checkpoint ("checkpoint": model
+    and optimizer files written, trainer_state.json not), mid-validation ("validation") or mid-final-save ("save").
+    A "/SIGSTOP" suffix freezes the process instead (a rank that hangs rather than dies)."""
+    if _KILL_AT and _KILL_AT in (f"{phase}:{step}", f"{phase}:{step}@{rank}"):
+        os.kill(os.getpid(), getattr(signal, _KILL_SIGNAL or "SIGKILL"))
+
+
+_KILL_AT, _, _KILL_SIGNAL = os.environ.get("SCULPT_TEST_KILL_AT", "").partition("/")
+
+
+def _all_ranks_ok(accelerator, ok: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return ok
+    import torch
+
+    flag = torch.tensor([float(ok)], device=accelerator.device)
+    return bool(accelerator.gather(flag).min().item() == 1.0)
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 def _write_json_durably(path: Path, data: dict) -> None:
@@ -92,6 +188,20 @@ def _write_json_durably(path: Path, data: dict) -> None:
         json.dump(data, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file to disk before the rename publishes the checkpoint, so a power cut cannot leave a complete-
+    looking checkpoint with empty files (a kill alone cannot: the page cache survives it)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        _fsync_dir(path)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -2,8 +2,9 @@
 
     python scripts/train.py --config configs/tiny.yaml [key=value | --key=value ...] [--dry_run] [--debug]
 
-Bad input (unknown key, wrong type, missing file, ...) prints one line and exits with code 2; `--debug` shows the
-traceback instead.
+Bad input (unknown key, wrong type, missing file, ...) prints one line and exits with code 2; a run that stops itself
+for a reason it can explain (non-finite loss, a full disk, see `TrainingError`) prints one line and exits with code 1.
+`--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import sys
 
 class UsageError(Exception):
     """A problem with what the user asked for; reported as one line, exit code 2."""
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a reason its message explains, with what was kept and how to go on; one line, exit 1."""
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, UsageError)
@@ -45,9 +50,18 @@ def run(main, description: str, argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
         main(config, dry_run=args.dry_run)
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, TrainingError) as error:
         if args.debug:
             raise
+        _close_progress_bars()
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(error, TrainingError) else 2
     return 0
+
+
+def _close_progress_bars() -> None:
+    """A bar that the error interrupted would otherwise share its line with the message."""
+    from tqdm import tqdm
+
+    for bar in list(tqdm._instances):
+        bar.close()
