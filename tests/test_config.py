@@ -218,6 +218,8 @@ def test_missing_and_malformed_files(tmp_path):
                                        r"`scheduler_config\.num_train_timesteps`: 1000"),
         (["num_validation_images=0"], r"`num_validation_images`: 0 must be ≥ 1"),
         (["max_consecutive_non_finite=0"], r"`max_consecutive_non_finite`: 0 must be ≥ 1"),
+        (["ddp_timeout=0"], r"`ddp_timeout`: 0 must be ≥ 1"),
+        (["num_processes=0"], r"`num_processes`: 0 must be ≥ 1, or none"),
         (["num_shapes_samples=0"], r"`num_shapes_samples`: 0 must be ≥ 1"),
         (["vae_max_train_steps=0"], r"`vae_max_train_steps`: 0 must be ≥ 1"),
         (["vae_train_batch_size=0"], r"`vae_train_batch_size`: 0 must be ≥ 1"),

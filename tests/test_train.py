@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from training.config import load_config
-from training.train import _drop_captions, main, sample_generators
+from training.data import ImageCaptionDataset
+from training.train import EpochSampler, _drop_captions, main, sample_generators
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -98,14 +100,34 @@ def test_run_saves_a_loadable_pipeline_and_checkpoints(tmp_path):
     assert all(torch.equal(ema[k], saved_unet[k]) for k in saved_unet)
 
 
-def test_resume_matches_an_uninterrupted_run_bit_for_bit(tmp_path):
+def test_resume_matches_an_uninterrupted_run_bit_for_bit_without_replaying_batches(tmp_path, monkeypatch):
     # 20 steps over 16 batches/epoch: the checkpoint at 10 is mid-epoch and the run crosses an epoch boundary.
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     main(tiny(full, "max_train_steps=20", "checkpointing_steps=10", "validation_prompts=[]"))
     resumed.mkdir()
     shutil.copytree(full / "checkpoint-10", resumed / "checkpoint-10")
-    main(tiny(resumed, "max_train_steps=20", "checkpointing_steps=10", "validation_prompts=[]",
-              "resume_from_checkpoint=latest"))
+
+    # Watch what the resumed run loads and computes: the 10 batches it skips must not be loaded or run through a model.
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.autoencoders.vae import Encoder
+
+    loaded, forwards = [], Counter()
+    get_item = ImageCaptionDataset.__getitem__
+    monkeypatch.setattr(ImageCaptionDataset, "__getitem__",
+                        lambda self, i: loaded.append((self.epoch, i)) or get_item(self, i))
+    count = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: forwards.update([type(module).__name__])
+        if isinstance(module, (UNet2DConditionModel, Encoder)) else None
+    )
+    try:
+        main(tiny(resumed, "max_train_steps=20", "checkpointing_steps=10", "validation_prompts=[]",
+                  "resume_from_checkpoint=latest"))
+    finally:
+        count.remove()
+    assert forwards == {"UNet2DConditionModel": 10, "Encoder": 10}  # steps 11..20 only
+    order = list(EpochSampler(list(range(64)), seed=0))  # epoch 0; the checkpoint at step 10 follows position 39
+    assert sorted(i for epoch, i in loaded if epoch == 0) == sorted(order[40:])
+    assert len([i for epoch, i in loaded if epoch == 1]) <= 4 * 4 + 4  # steps 17..20, and one batch of read-ahead
 
     a, b = unet_weights(full), unet_weights(resumed)  # final EMA weights
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -170,8 +170,11 @@ class TrainConfig:
     adam_weight_decay: float = 1e-2  # decoupled weight decay, AdamW (arXiv 1711.05101)
     adam_epsilon: float = 1e-08
     max_grad_norm: float = 1.0  # clip the global gradient norm, which keeps early from-scratch training stable
-    non_finite_loss: str = "stop"  # a NaN/inf loss: "stop" (save nothing bad, raise) or "skip" the update
-    max_consecutive_non_finite: int = 10  # with "skip": give up after this many non-finite losses in a row
+    # A NaN/inf loss or gradient never reaches the weights. "skip": drop that update and go on (one bad batch or a
+    # rare spike), but stop after `max_consecutive_non_finite` in a row (the run has diverged); "stop": stop at the
+    # first. Stopping raises without writing a checkpoint, so the last good one stays the latest.
+    non_finite_loss: str = "skip"
+    max_consecutive_non_finite: int = 10
 
     # ---- speed and memory ------------------------------------------------------------------------------------------
     mixed_precision: str = "no"  # "fp16" / "bf16" autocast on GPUs (Accelerate); master weights stay float32
@@ -179,6 +182,16 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~25% slower
     cache_latents: bool = False  # encode each image with the frozen VAE once instead of every step
     cache_text_embeddings: bool = False  # encode each caption with the frozen text encoder once
+
+    # ---- processes (set by `accelerate launch`) -------------------------------------------------------------------
+    # The number of processes this run is meant for (its effective batch, and so its learning rate, depend on it);
+    # a launch with another number is refused. `accelerate launch --num_processes 2` without --multi_gpu runs one
+    # process on a CPU machine, silently. None → whatever the launch gives.
+    num_processes: int | None = None
+    # Seconds a process waits in a collective (all-reduce, barrier) before giving up. A rank that dies is noticed by
+    # the launcher (torchrun ends the others) and by gloo's broken connections; this bounds a rank that hangs.
+    # 30 min (torch's default) leaves room for the main process's validation and final save.
+    ddp_timeout: int = 1800
 
     # ---- exponential moving average of the UNet weights (what gets saved and sampled) ------------------------------
     use_ema: bool = False
@@ -225,10 +238,11 @@ class TrainConfig:
         _check(0 <= self.cfg_dropout <= 1, f"`cfg_dropout`: {self.cfg_dropout} must be in [0, 1].")
         _check(self.resolution > 0, f"`resolution`: {self.resolution} must be > 0.")
         for key in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "num_inference_steps",
-                    "num_validation_images", "max_consecutive_non_finite", "num_shapes_samples",
+                    "num_validation_images", "max_consecutive_non_finite", "num_shapes_samples", "ddp_timeout",
                     "vae_max_train_steps", "vae_train_batch_size"):
             _check(getattr(self, key) >= 1, f"`{key}`: {getattr(self, key)} must be ≥ 1.")
-        for key in ("checkpointing_steps", "checkpoints_total_limit", "validation_steps", "max_train_samples"):
+        for key in ("checkpointing_steps", "checkpoints_total_limit", "validation_steps", "max_train_samples",
+                    "num_processes"):
             value = getattr(self, key)
             _check(value is None or value >= 1, f"`{key}`: {value} must be ≥ 1, or none to disable it.")
         for key in ("lr_warmup_steps", "dataloader_num_workers", "seed", "dataset_seed", "noise_offset",

@@ -403,7 +403,12 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         try:
             image = _open_image(row[IMAGE_COLUMN])
         except Exception as error:
-            raise ValueError(f"Cannot read image {_image_name(row[IMAGE_COLUMN], index)}: {error}") from error
+            # Every image decoded when training started (`_check_images`), so this one changed since. Skipping it now
+            # would change the batches, so whatever `on_bad_image` says, stop; the last checkpoint is untouched.
+            raise ValueError(
+                f"Cannot read image {_image_name(row[IMAGE_COLUMN], index)}: {error}. It could be read when training "
+                f"started, so it changed on disk since; restore it and resume with resume_from_checkpoint=latest."
+            ) from error
         pixel_values = preprocess_image(
             image, self.resolution, self.center_crop, self.random_flip, self.interpolation, generator
         )

@@ -1,6 +1,7 @@
 """Train a text-to-image latent diffusion model: `main(config)`, run by `accelerate launch scripts/train.py`.
 
-Reads top to bottom: accelerator → seed → data → models → optimizer → prepare → resume → loop → save.
+Reads top to bottom: accelerator → seed → data → models → optimizer → prepare → resume → loop → save. Everything the
+user can get wrong (config, output_dir, checkpoint, dataset) is checked before a model is built or a file written.
 
 Randomness that decides *what* a step trains on (the noise ε, the timestep t, caption dropout, the VAE's latent
 sample) is drawn from generators seeded by (seed, step, micro-step, position of the sample in the global batch).
@@ -10,6 +11,7 @@ N processes with per-process batch B draw what one process with batch N·B draws
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import signal
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -29,7 +31,7 @@ from pipelines import LatentDiffusionPipeline
 from pipelines.pipeline_latent_diffusion import latent_shift
 
 from . import checkpoint as ckpt
-from .cli import UsageError
+from .cli import TrainingError, UsageError
 from .config import TrainConfig, config_to_dict, save_config
 from .data import ImageCaptionDataset, all_captions, collate_fn, load_train_dataset
 from .loss import diffusion_loss, training_target
@@ -47,7 +49,7 @@ from .reporting import plot_loss, save_image_grid
 logger = get_logger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingError):
     pass
 
 
@@ -58,18 +60,19 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     # 1. Accelerator (CPU DDP when there is no GPU; see make_accelerator).
     accelerator = make_accelerator(config, output_dir)
     resume_from = ckpt.resolve_resume(config.resume_from_checkpoint, output_dir)
-    _check_output_dir(config, output_dir, resuming=resume_from is not None)
-    accelerator.wait_for_everyone()  # every rank checks before the main one writes anything
-    if accelerator.is_main_process and not dry_run:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.yaml")
-    accelerator.wait_for_everyone()
+    _check_output_dir(config, output_dir)
 
     # 2. Seed: model initialisation and data order are the same on every process and in every rerun.
     set_seed(config.seed)
 
-    # 3. Data (first, because a tokenizer trained from scratch needs the captions).
+    # 3. Data (first, because a tokenizer trained from scratch needs the captions), checked before anything is written.
     dataset = load_train_dataset(config)
+    dataloader, _ = build_train_dataloader(dataset, config)
+    accelerator.wait_for_everyone()  # every rank has checked its input before the main one writes anything
+    if accelerator.is_main_process and not dry_run:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "config.yaml")
+    accelerator.wait_for_everyone()
 
     # 4. Models: frozen VAE, text encoder (frozen unless `train_text_encoder`), trainable UNet, our scheduler.
     with accelerator.main_process_first():
@@ -113,8 +116,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         )
         ema.to(accelerator.device)
 
-    # 5. Data loader, and the caches of frozen-part outputs.
-    dataloader, _ = build_train_dataloader(dataset, config)
+    # 5. The caches of frozen-part outputs (the data loader was built with the data).
     if dry_run:
         sizes = {n: sum(p.numel() for p in m.parameters()) for n, m in [("unet", unet), ("vae", vae), ("text_encoder", text_encoder)]}
         accelerator.print(
@@ -193,6 +195,8 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     # 9. The loop.
     step_loss, step_start, consecutive_bad = 0.0, time.perf_counter(), 0
     for epoch in range(first_epoch, num_epochs):
+        if global_step >= config.max_train_steps:  # resumed from the final checkpoint: only the saving is left
+            break
         epoch_loader = dataloader
         if epoch == first_epoch and resume_batches:
             epoch_loader = accelerator.skip_first_batches(dataloader, resume_batches)
@@ -224,6 +228,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
                 loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, config.snr_gamma)
 
                 accelerator.backward(loss)
+                ckpt.kill_point("step", global_step + 1, accelerator.process_index)
                 grad_norm = None
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -244,14 +249,20 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
                 consecutive_bad += 1
                 message = (
                     f"Non-finite loss or gradient at step {global_step + 1} (loss={step_loss:.4g}, "
-                    f"grad_norm={float(grad_norm):.4g}); the update was skipped."
+                    f"grad_norm={float(grad_norm):.4g}); the update was not applied."
                 )
-                if config.non_finite_loss == "stop" and consecutive_bad >= config.max_consecutive_non_finite:
+                if config.non_finite_loss == "stop" or consecutive_bad >= config.max_consecutive_non_finite:
+                    limit = config.max_consecutive_non_finite
+                    why = ("non_finite_loss=stop" if config.non_finite_loss == "stop" else
+                           f"{consecutive_bad} in a row, max_consecutive_non_finite={limit}")
+                    last = ckpt.list_checkpoints(output_dir)
                     raise NonFiniteLossError(
-                        f"{message} Stopping after {consecutive_bad} consecutive non-finite step(s) "
-                        f"(`max_consecutive_non_finite`). The last good checkpoint is untouched."
+                        f"{message} Training stopped ({why}); "
+                        + (f"the last good checkpoint, {last[-1].name}, is untouched. " if last else "no checkpoint "
+                           "was written yet. ")
+                        + "Lower learning_rate, check the data of that step, or set non_finite_loss=skip."
                     )
-                logger.warning(message)
+                logger.warning(message + f" Skipping it ({consecutive_bad} in a row).")
             else:
                 consecutive_bad = 0
                 if ema is not None:
@@ -272,6 +283,10 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
             progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{logs['lr']:.2e}")
             step_loss, step_start = 0.0, time.perf_counter()
 
+            # Validation before the checkpoint: a checkpoint at step N means all of step N's work is done, so a run
+            # killed in between redoes the validation instead of resuming past it.
+            if config.validation_steps and global_step % config.validation_steps == 0 and config.validation_prompts:
+                _validate(config, accelerator, unet, ema, vae, text_encoder, tokenizer, noise_scheduler, global_step)
             done = global_step >= config.max_train_steps
             stopping = stop.requested(accelerator)
             if (config.checkpointing_steps and global_step % config.checkpointing_steps == 0) or (stopping and not done):
@@ -283,8 +298,6 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
                     ema=ema if accelerator.is_main_process else None,
                     limit=config.checkpoints_total_limit,
                 )
-            if config.validation_steps and global_step % config.validation_steps == 0 and config.validation_prompts:
-                _validate(config, accelerator, unet, ema, vae, text_encoder, tokenizer, noise_scheduler, global_step)
             if stopping and not done:
                 progress.close()
                 accelerator.print(
@@ -292,6 +305,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
                     f"resume_from_checkpoint=latest (same config and output_dir)."
                 )
                 accelerator.end_training()
+                stop.restore()
                 return output_dir
             if done:
                 break
@@ -304,6 +318,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     if accelerator.is_main_process:
         pipeline = _pipeline(accelerator, unet, ema, vae, text_encoder, tokenizer, noise_scheduler, use_ema=True)
         pipeline.save_pretrained(output_dir)
+        ckpt.kill_point("save", global_step)
         if config.validation_prompts:
             images = _generate(pipeline, config)
             save_image_grid(images, output_dir / "samples.png", captions=_repeat_prompts(config))
@@ -312,6 +327,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         accelerator.print(f"Saved the trained pipeline to {output_dir}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    stop.restore()
     return output_dir
 
 
@@ -395,12 +411,19 @@ def make_accelerator(config, output_dir: Path) -> Accelerator:
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)),
         cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=config.ddp_timeout))],
     )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size != accelerator.num_processes:
         raise UsageError(
             f"WORLD_SIZE={world_size} but accelerate set up {accelerator.num_processes} process(es), so they would "
             f"train independently. Run: accelerate launch --multi_gpu --num_processes {world_size} scripts/train.py ..."
+        )
+    if config.num_processes is not None and config.num_processes != accelerator.num_processes:
+        raise UsageError(
+            f"`num_processes`: {config.num_processes} but this launch runs {accelerator.num_processes} process(es). "
+            f"Run: accelerate launch --multi_gpu --num_processes {config.num_processes} scripts/train.py ... (or set "
+            f"num_processes={accelerator.num_processes}, which changes the effective batch)."
         )
     return accelerator
 
@@ -531,6 +554,7 @@ def _validate(config, accelerator, unet, ema, vae, text_encoder, tokenizer, sche
             ema.store(model.parameters())
         pipeline = _pipeline(accelerator, unet, ema, vae, text_encoder, tokenizer, scheduler, use_ema=True)
         images = _generate(pipeline, config)
+        ckpt.kill_point("validation", step)
         if ema is not None:
             ema.restore(model.parameters())
         # The VAE / text encoder were cast to float32 for sampling; put them back in the training dtype.
@@ -553,9 +577,10 @@ def _validate(config, accelerator, unet, ema, vae, text_encoder, tokenizer, sche
 # ---------------------------------------------------------------------------------------------------------------------
 # Small utilities
 # ---------------------------------------------------------------------------------------------------------------------
-def _check_output_dir(config, output_dir: Path, resuming: bool) -> None:
-    """Refuse to train into a folder that holds another run, unless told to overwrite or to resume it."""
-    if resuming or config.overwrite_output_dir or not output_dir.exists():
+def _check_output_dir(config, output_dir: Path) -> None:
+    """Refuse to train into a folder that holds another run, unless told to overwrite or to resume it (`latest` with
+    no checkpoint yet is a resume too: a run killed before its first checkpoint restarts from scratch)."""
+    if config.resume_from_checkpoint or config.overwrite_output_dir or not output_dir.exists():
         return
     markers = [p.name for p in output_dir.iterdir() if p.name in ("model_index.json", "config.yaml")]
     markers += [p.name for p in ckpt.list_checkpoints(output_dir)]
@@ -589,15 +614,20 @@ def _write_history(history: list[dict], path: Path) -> None:
 
 
 class _StopSignal:
-    """SIGINT / SIGTERM ask the run to finish its current step, save a checkpoint and exit cleanly."""
+    """SIGINT / SIGTERM ask the run to finish its current step, save a checkpoint and exit cleanly. `restore` puts
+    the previous handlers back, so that Ctrl-C interrupts a Python session again once `main` has returned."""
 
     def __init__(self):
-        self.flag = False
+        self.flag, self.previous = False, {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                signal.signal(sig, self._handle)
+                self.previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. some notebook runners): keep default handling
                 pass
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         if self.flag:  # second signal: stop now
