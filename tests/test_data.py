@@ -27,6 +27,7 @@ from training.data import (
     SIZE_RANGES,
     SIZES,
     ImageCaptionDataset,
+    _open_image,
     all_captions,
     collate_fn,
     load_train_dataset,
@@ -221,6 +222,17 @@ def test_unreadable_image_is_skipped_with_a_counted_warning(tmp_path, caplog):
         )
     assert sorted(dataset["text"]) == ["a", "b", "c"]
     assert re.search(r"on_bad_image=skip: skipped 1 of 4 images that cannot be read: '.*bad\.png'", caplog.text)
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    # PIL's own conversion of a 16-bit PNG to RGB clips every value above 255, which would make it almost white.
+    ramp = (np.arange(16 * 16).reshape(16, 16) * 257).astype(np.uint16)  # 0..65535 in steps of 257
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    rows = [{"file_name": "deep.png", "text": "a"}]
+    folder = make_folder(tmp_path, rows, {"deep.png": (tmp_path / "deep.png").read_bytes()})
+    dataset = load_train_dataset(tiny_config(tmp_path, "dataset_name=none", f"train_data_dir={folder}"))
+    pixels = np.asarray(_open_image(dataset[0]["image"]))
+    assert pixels.shape == (16, 16, 3) and (pixels[..., 0] == np.arange(256).reshape(16, 16)).all()
 
 
 def test_all_images_unreadable_is_an_error(tmp_path):

@@ -289,7 +289,11 @@ def _open_image(cell: dict) -> Image.Image:
     else:
         raise ValueError("the image cell has neither bytes nor a path")
     image.load()
-    return ImageOps.exif_transpose(image).convert("RGB")
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit grayscale (PNG, TIFF): PIL's convert("RGB") clips at 255, which would make it almost all white.
+        image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).clip(0, 255).round().astype(np.uint8))
+    return image.convert("RGB")
 
 
 def all_captions(dataset: datasets.Dataset) -> list[str]:
