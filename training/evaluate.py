@@ -1,0 +1,554 @@
+"""The shapes judge: how well a text-to-image model trained on the built-in shapes dataset draws what it is told.
+
+Every caption of the shapes grammar (`training.data`: 2 sizes x 6 colours x 3 shapes x 3 backgrounds = 108) is
+generated `per_caption` times at each guidance scale, and the four attributes are read back off the pixels, with no
+learned classifier:
+
+    background   the palette entry nearest to the median of the image border
+    shape pixels those far from the background colour, cleaned to one solid blob (largest connected component,
+                 holes filled, outline smoothed by a majority vote), cut at the 50% contour between the background
+                 and the shape colour
+    colour       the palette entry nearest to the median of the blob's most saturated quarter
+    shape        how much of its bounding box the blob fills, in its top and bottom halves: square 1 and 1, circle
+                 π/4 and π/4, an apex-up triangle 1/4 and 3/4 (1/2 in all)
+    size         its extent as a fraction of the image width: small 0.25–0.40, large 0.55–0.75
+
+Every threshold comes from the palette's or the grammar's geometry (see the constants); the reader is meant to work
+on blurred, noisy, slightly off-colour generated images, not only on the dataset's exact pixels.
+
+The reader is first proved on images drawn by the dataset itself (`check_reader`), and the scores are per attribute
+and for all four at once. `evaluate_pipeline` returns the metrics dict (the training loop can call it at validation
+time with an in-memory pipeline); `run_evaluation` also keeps the images and readings, which `write_report` turns
+into eval.json, an accuracy-vs-guidance plot and labelled grids.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from diffusers.utils import logging
+from PIL import Image
+
+from .data import BACKGROUNDS, CAPTION_TEMPLATE, COLORS, SHAPES, SIZE_RANGES, SIZES, make_shapes_sample
+
+logger = logging.get_logger(__name__)  # diffusers' logger: works without an accelerate state (scripts, notebooks)
+
+ATTRIBUTES = ("size", "color", "shape", "background")
+READER_TARGET = 0.99  # below this on the dataset's own images, the judge's scores would not mean much
+
+# ---- thresholds, from the palette and the grammar's geometry ---------------------------------------------------------
+_PALETTE_SHAPE = np.array(list(COLORS.values()), dtype=np.float64)
+_PALETTE_BACKGROUND = np.array(list(BACKGROUNDS.values()), dtype=np.float64)
+# The closest a shape colour comes to a background colour (purple on gray, ≈ 101 in RGB units). A pixel further from
+# the background than half of it is more shape than background even for that pair, and a blurred edge crosses it near
+# its middle; noise and colour drift of up to that half still leave the two apart.
+MIN_CONTRAST = float(np.linalg.norm(_PALETTE_SHAPE[:, None] - _PALETTE_BACKGROUND[None], axis=-1).min())
+CANDIDATE_THRESHOLD = MIN_CONTRAST / 2
+# How much of its bounding box a shape fills: an apex-up triangle 1/4 of the top half and 3/4 of the bottom half, a
+# circle π/4 of each, a square all of each. The total fill alone (1/2, π/4, 1) confuses small blurred triangles with
+# circles: blur rounds their corners and fades the apex first, pushing the total from 1/2 to 0.71 (32 px, Gaussian
+# blur σ = 1 px). But a triangle is the one shape whose top half is emptier than its bottom half: ratio 1/3 against 1.
+# Halfway would be 2/3; the same blur and noise move triangles up to 0.71 (99% ≤ 0.64) and the symmetric shapes to
+# 1 ± 0.2 (≥ 0.81), so the cut sits at 3/4, in that measured gap. Then square against circle by the total fill, cut
+# halfway between π/4 and 1 (measured under that blur: circles ≤ 0.81, squares ≥ 0.88).
+TRIANGLE_MAX_HALF_RATIO = 0.75
+SQUARE_MIN_FILL = (math.pi / 4 + 1.0) / 2  # ≈ 0.89
+# Extent as a fraction of the width: small ≤ 0.40 < LARGE_MIN_EXTENT < 0.55 ≤ large, the middle of the gap.
+LARGE_MIN_EXTENT = (SIZE_RANGES["small"][1] + SIZE_RANGES["large"][0]) / 2  # 0.475
+MIN_VOTE_EXTENT = 8  # pixels: the smallest shape must span this many for the outline's majority vote (from 32 px up)
+# The smallest shape, a small triangle, covers (0.25 w)² / 2 = w² / 32 pixels; a blob under half of that is noise.
+MIN_SHAPE_AREA = SIZE_RANGES["small"][0] ** 2 / 2 / 2  # as a fraction of the image's pixels
+
+
+@dataclass(frozen=True)
+class ShapeReading:
+    """The attributes read off one image; size, colour and shape are None when no shape was found.
+
+    `fill` (the fraction of the top and of the bottom half of its bounding box that the shape covers) and `extent`
+    (the box's larger side / image width) are what shape and size were decided from, kept for diagnosis.
+    """
+
+    background: str
+    size: str | None = None
+    color: str | None = None
+    shape: str | None = None
+    fill: tuple[float, float] | None = None
+    extent: float | None = None
+
+    def matches(self, expected: dict[str, str]) -> dict[str, bool]:
+        """Per attribute, whether it was read as `expected[attribute]`; a missing shape is wrong on all three."""
+        return {attribute: getattr(self, attribute) == expected[attribute] for attribute in ATTRIBUTES}
+
+
+def _nearest(palette: dict[str, tuple[int, int, int]], rgb: np.ndarray) -> str:
+    names = list(palette)
+    distances = np.linalg.norm(np.array([palette[n] for n in names], dtype=np.float64) - rgb, axis=-1)
+    return names[int(distances.argmin())]
+
+
+def _label(mask: np.ndarray) -> np.ndarray:
+    """4-connected components of a boolean mask: an int array, 0 off the mask, and on it the 1-based flat index of the
+    component's first pixel. Min-label propagation with pointer jumping, numpy only (the images are small)."""
+    labels = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
+    unset = mask.size + 1
+    while True:
+        padded = np.pad(np.where(mask, labels, unset), 1, constant_values=unset)
+        smallest = np.minimum.reduce(
+            [padded[1:-1, 1:-1], padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]
+        )
+        smallest = np.where(mask, smallest, 0)
+        # Pointer jumping: a label is the index of a pixel of the same component, so take that pixel's label too.
+        smallest = np.where(mask, smallest.ravel()[np.maximum(smallest, 1) - 1].reshape(mask.shape), 0)
+        if np.array_equal(smallest, labels):
+            return labels
+        labels = smallest
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels = _label(mask)
+    if not mask.any():
+        return mask
+    counts = np.bincount(labels[mask])
+    return labels == counts.argmax()
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Add to `mask` every off-mask region that does not reach the image border (the shapes are convex, so a hole is
+    a dark speck of decoder noise inside the shape, and must not lower its fill)."""
+    outside = _label(~mask)
+    border = np.unique(np.concatenate([outside[0], outside[-1], outside[:, 0], outside[:, -1]]))
+    return mask | ((outside > 0) & ~np.isin(outside, border))
+
+
+def _majority_3x3(mask: np.ndarray) -> np.ndarray:
+    """Each pixel set where at least 5 of the 9 in its 3x3 neighbourhood are (the border repeated outwards)."""
+    padded = np.pad(mask, 1, mode="edge").astype(np.int8)
+    height, width = mask.shape
+    votes = sum(padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3))
+    return votes >= 5
+
+
+def _as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """(H, W, 3) float64 in 0..255 from a PIL image, a uint8 array or a float array in [0, 1] (a pipeline's "np")."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.float64)
+    pixels = np.asarray(image)
+    if pixels.ndim != 3 or pixels.shape[-1] != 3:
+        raise ValueError(f"`image`: an array of shape {pixels.shape}; expected (height, width, 3) RGB.")
+    if np.issubdtype(pixels.dtype, np.floating):
+        return np.clip(pixels.astype(np.float64), 0.0, 1.0) * 255.0
+    return pixels.astype(np.float64)
+
+
+def read_shape(image: Image.Image | np.ndarray) -> ShapeReading:
+    """Read background, size, colour and shape off one image (see the module docstring for the steps)."""
+    pixels = _as_rgb_array(image)
+    height, width = pixels.shape[:2]
+
+    # 1. Background: a large shape in a corner covers at most ~3/8 of the border, so the border median is background;
+    # a second median over the border pixels near it drops the shape's pull on that statistic.
+    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    background_rgb = np.median(border, axis=0)
+    near = np.linalg.norm(border - background_rgb, axis=-1) <= CANDIDATE_THRESHOLD
+    if near.any():
+        background_rgb = np.median(border[near], axis=0)
+    background = _nearest(BACKGROUNDS, background_rgb)
+
+    # 2. Candidate shape pixels, cleaned to the one largest blob: decoder speckles are small blobs of their own.
+    distance = np.linalg.norm(pixels - background_rgb, axis=-1)
+    blob = _largest_component(distance > CANDIDATE_THRESHOLD)
+    if blob.sum() < MIN_SHAPE_AREA * height * width:
+        return ShapeReading(background=background)
+
+    # 3. Colour from the quarter of the blob furthest from the background: blur mixes a small shape's every pixel with
+    # the background, its most saturated ones least (noise biases them outwards a little, far less than the palette's
+    # smallest colour gap of ≈ 113 / 2).
+    far = distance[blob] >= np.quantile(distance[blob], 0.75)
+    shape_rgb = np.median(pixels[blob][far], axis=0)
+    color = _nearest(COLORS, shape_rgb)
+
+    # 4. The blob again, now cut at the 50% contour between the two measured colours: a symmetric blur moves that
+    # contour least, so extent and fill stay near their sharp values whatever the pair's contrast.
+    direction = shape_rgb - background_rgb
+    if np.linalg.norm(direction) < CANDIDATE_THRESHOLD:  # the "blob" is noise on both sides of the background
+        return ShapeReading(background=background)
+    mix = (pixels - background_rgb) @ direction / (direction @ direction)  # 0 background, 1 shape colour
+    # A 3x3 majority vote where the shapes are big enough to afford it: pixel noise makes the outline ragged, and one
+    # stray pixel widens the bounding box and lowers the fill. The vote costs a sharp square its four corner pixels,
+    # 4/64 of its fill at 8 px, but more of smaller ones, and it cuts small circles and apexes square.
+    blob = mix > 0.5
+    if SIZE_RANGES["small"][0] * width >= MIN_VOTE_EXTENT:
+        blob = _majority_3x3(blob)
+    blob = _fill_holes(_largest_component(blob))
+    if blob.sum() < MIN_SHAPE_AREA * height * width:
+        return ShapeReading(background=background)
+
+    # 5. Shape from how much of its bounding box it fills, per half; size from the box's larger side (blur shortens a
+    # triangle's apex more than its base).
+    rows, cols = np.nonzero(blob)
+    box = blob[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    half = box.shape[0] // 2
+    fill = (float(box[:half].mean()), float(box[-half:].mean())) if half else (float(box.mean()),) * 2
+    if fill[0] < TRIANGLE_MAX_HALF_RATIO * fill[1]:
+        shape = "triangle"
+    else:
+        shape = "square" if box.mean() >= SQUARE_MIN_FILL else "circle"
+    extent = float(max(box.shape) / width)
+    size = "large" if extent >= LARGE_MIN_EXTENT else "small"
+    return ShapeReading(background=background, size=size, color=color, shape=shape, fill=fill, extent=extent)
+
+
+# ---- the captions, and scoring readings against them -----------------------------------------------------------------
+
+
+def shapes_captions() -> list[dict[str, str]]:
+    """Every caption of the shapes grammar with its attributes, {"text", "size", "color", "shape", "background"}, in
+    a fixed order: sizes, then colours, shapes and backgrounds (the last varying fastest); 108 of them."""
+    captions = []
+    for values in itertools.product(SIZES, COLORS, SHAPES, BACKGROUNDS):
+        attributes = dict(zip(ATTRIBUTES, values))
+        captions.append({"text": CAPTION_TEMPLATE.format(**attributes), **attributes})
+    return captions
+
+
+def score(readings: Sequence[ShapeReading], expected: Sequence[dict[str, str]]) -> dict[str, float]:
+    """The fraction of images read as expected, per attribute and for all four at once ("all")."""
+    if not readings or len(readings) != len(expected):
+        raise ValueError(f"`readings`: {len(readings)} readings for {len(expected)} expected captions; need ≥ 1 each.")
+    right = np.array([[r.matches(e)[a] for a in ATTRIBUTES] for r, e in zip(readings, expected)])
+    return {**{a: float(right[:, i].mean()) for i, a in enumerate(ATTRIBUTES)}, "all": float(right.all(axis=1).mean())}
+
+
+def check_reader(resolution: int, num_images: int = 1000, seed: int = 1) -> dict[str, Any]:
+    """The reader's accuracy on `num_images` images drawn by the dataset itself (`make_shapes_sample`, indices
+    0..num_images-1, each with its own generator from (seed, index)) at `resolution`: it must be ≥ READER_TARGET for
+    the judge's scores to mean anything. {"resolution", "num_images", "seed", "accuracy": score(...)}."""
+    if num_images < 1:
+        raise ValueError(f"`num_images`: {num_images} must be ≥ 1.")
+    return copy.deepcopy(_check_reader(resolution, num_images, seed))
+
+
+@functools.lru_cache(maxsize=8)  # the training loop evaluates at one resolution many times
+def _check_reader(resolution: int, num_images: int, seed: int) -> dict[str, Any]:
+    samples = [make_shapes_sample(index, resolution, seed) for index in range(num_images)]
+    accuracy = score([read_shape(image) for image, _ in samples], [attributes for _, attributes in samples])
+    return {"resolution": resolution, "num_images": num_images, "seed": seed, "accuracy": accuracy}
+
+
+# ---- generating and judging ------------------------------------------------------------------------------------------
+SCHEDULERS = ("ddpm", "ddim", "dpm", "euler")
+
+
+def make_scheduler(name: str, config) -> Any:
+    """Scheduler `name` (one of SCHEDULERS) built `from_config` of another scheduler's config, as diffusers swaps."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    from pipelines import DDPMScheduler
+
+    classes = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
+               "euler": EulerDiscreteScheduler}  # fmt: skip
+    if name not in classes:
+        raise ValueError(f"`scheduler`: {name!r} is not one of {list(SCHEDULERS)}.")
+    return classes[name].from_config(config)
+
+
+def guidance_key(guidance_scale: float) -> str:
+    """How a guidance scale names its entry in the metrics: 1.0 → "1", 2.5 → "2.5"."""
+    return f"{guidance_scale:g}"
+
+
+@dataclass
+class Evaluation:
+    """What `run_evaluation` returns: the metrics, and per guidance scale the images and their readings, in the order
+    of `expected` (each caption of `shapes_captions()` `per_caption` times in a row)."""
+
+    metrics: dict[str, Any]
+    expected: list[dict[str, str]]
+    images: dict[float, list[Image.Image]] = field(default_factory=dict)
+    readings: dict[float, list[ShapeReading]] = field(default_factory=dict)
+
+
+def _check_arguments(guidance_scales, per_caption, num_inference_steps, scheduler, seed, batch_size) -> list[float]:
+    scales = list(guidance_scales) if isinstance(guidance_scales, Sequence) else None
+    if not scales or not all(
+        isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and g >= 0 for g in scales
+    ):
+        raise ValueError(f"`guidance_scales`: {guidance_scales!r} must be a non-empty list of numbers ≥ 0.")
+    if len(set(scales)) != len(scales):
+        raise ValueError(f"`guidance_scales`: {guidance_scales!r} repeats a scale; give each once.")
+    for name, value, low in (("per_caption", per_caption, 1), ("num_inference_steps", num_inference_steps, 1),
+                             ("seed", seed, 0), ("batch_size", batch_size, 1)):  # fmt: skip
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"`{name}`: {value!r} must be an integer ≥ {low}.")
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise ValueError(f"`scheduler`: {scheduler!r} is not one of {list(SCHEDULERS)} (or None: the pipeline's own).")
+    return sorted(float(g) for g in scales)
+
+
+def run_evaluation(
+    pipeline,
+    guidance_scales: Sequence[float] = (1.0, 2.0, 3.0, 5.0),
+    per_caption: int = 1,
+    num_inference_steps: int = 50,
+    scheduler: str | None = None,
+    seed: int = 0,
+    batch_size: int = 108,
+    reader_images: int = 1000,
+    progress: bool = True,
+    strict: bool = False,
+) -> Evaluation:
+    """Generate every caption `per_caption` times at each guidance scale with `pipeline` (a `LatentDiffusionPipeline`
+    at its training resolution), read the images and score them. See `evaluate_pipeline` for the arguments.
+
+    Image i of the caption list uses the generator seeded `seed + i` at every guidance scale: the scales are compared
+    on the same starting noise, and an image does not depend on `batch_size`. `scheduler` replaces the pipeline's for
+    the run only; the pipeline's own progress bar is off meanwhile (one bar here counts all denoising steps).
+    `strict` makes a reader below READER_TARGET on the dataset's own images at this resolution a ValueError, raised
+    before any image is generated, rather than a logged warning.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    scales = _check_arguments(guidance_scales, per_caption, num_inference_steps, scheduler, seed, batch_size)
+    height, width = pipeline.default_height_width()
+    if height != width:
+        raise ValueError(f"`pipeline`: makes {height}x{width} images; the shapes judge reads square ones.")
+    start = time.perf_counter()
+    reader = check_reader(width, reader_images)
+    if reader["accuracy"]["all"] < READER_TARGET:
+        message = (
+            f"At {width} px the reader gets only {reader['accuracy']['all']:.1%} of {reader_images} dataset images "
+            f"right (the judge needs {READER_TARGET:.0%}), so its scores of this model would mean little."
+        )
+        if strict:
+            raise ValueError(f"`pipeline`: {message}")
+        logger.warning(message)
+
+    captions = shapes_captions()
+    expected = [caption for caption in captions for _ in range(per_caption)]
+    prompts = [caption["text"] for caption in expected]
+    num_batches = math.ceil(len(prompts) / batch_size)
+    batches = np.array_split(np.arange(len(prompts)), num_batches)  # near-equal batches: no small last one
+
+    own_scheduler, own_bar_config = pipeline.scheduler, dict(getattr(pipeline, "_progress_bar_config", {}))
+    if scheduler is not None:
+        pipeline.scheduler = make_scheduler(scheduler, own_scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    bar = tqdm(total=len(scales) * num_batches * num_inference_steps, unit="step", desc="judging", disable=not progress)
+
+    def tick(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        bar.update()
+        return {}
+
+    evaluation = Evaluation(metrics={}, expected=expected)
+    accuracy = {}
+    try:
+        scheduler_name = type(pipeline.scheduler).__name__
+        for scale in scales:
+            bar.set_postfix(guidance=guidance_key(scale))
+            images = []
+            for indices in batches:
+                images += pipeline(
+                    prompt=[prompts[i] for i in indices],
+                    height=height,
+                    width=width,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=scale,
+                    generator=[torch.Generator().manual_seed(seed + int(i)) for i in indices],
+                    output_type="pil",
+                    callback_on_step_end=tick,
+                    callback_on_step_end_tensor_inputs=[],
+                ).images
+            evaluation.images[scale] = images
+            evaluation.readings[scale] = [read_shape(image) for image in images]
+            accuracy[guidance_key(scale)] = score(evaluation.readings[scale], expected)
+    finally:
+        bar.close()
+        pipeline.scheduler = own_scheduler
+        pipeline._progress_bar_config = own_bar_config
+
+    # The best scale by all four at once; a tie goes to the smaller scale (closer to the model's own distribution).
+    best = max(scales, key=lambda g: (accuracy[guidance_key(g)]["all"], -g))
+    evaluation.metrics = {
+        "accuracy": accuracy,
+        "best_guidance_scale": best,
+        "best_accuracy": accuracy[guidance_key(best)],
+        "reader": reader,
+        "settings": {
+            "guidance_scales": scales,
+            "per_caption": per_caption,
+            "num_inference_steps": num_inference_steps,
+            "scheduler": scheduler_name,
+            "seed": seed,
+            "batch_size": batch_size,
+            "resolution": width,
+            "num_captions": len(captions),
+            "num_images": len(prompts) * len(scales),
+        },
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return evaluation
+
+
+def evaluate_pipeline(
+    pipeline,
+    guidance_scales: Sequence[float] = (1.0, 2.0, 3.0, 5.0),
+    per_caption: int = 1,
+    num_inference_steps: int = 50,
+    scheduler: str | None = None,
+    seed: int = 0,
+    batch_size: int = 108,
+    reader_images: int = 1000,
+    progress: bool = True,
+    strict: bool = False,
+) -> dict[str, Any]:
+    """How well `pipeline` draws what it is told: the metrics dict that eval.json holds.
+
+    Args:
+        pipeline: a `LatentDiffusionPipeline` trained on the shapes grammar (models in eval mode), used at its
+            training resolution.
+        guidance_scales: classifier-free guidance scales to compare; ≤ 1 turns guidance off.
+        per_caption: images per caption (108 captions).
+        num_inference_steps: denoising steps per image.
+        scheduler: one of SCHEDULERS to use instead of the pipeline's own, which is put back afterwards.
+        seed: image i is drawn from the generator seeded `seed + i`.
+        batch_size: prompts per pipeline call (the UNet sees twice as many under guidance); larger is faster on CPU
+            until memory runs short.
+        reader_images: dataset images the reader is checked on first (cached per resolution).
+        progress: show a tqdm bar over all denoising steps.
+        strict: raise (rather than log a warning) if the reader is below READER_TARGET on the dataset's own images at
+            the pipeline's resolution; its accuracy there is in the metrics either way.
+
+    Returns:
+        {"accuracy": {"<scale>": {"size", "color", "shape", "background", "all"}}, "best_guidance_scale",
+        "best_accuracy", "reader": {"resolution", "num_images", "seed", "accuracy"}, "settings": {...}, "seconds"};
+        accuracies are fractions in [0, 1], "all" is all four attributes right at once.
+    """
+    return run_evaluation(
+        pipeline, guidance_scales, per_caption, num_inference_steps, scheduler, seed, batch_size, reader_images,
+        progress, strict,
+    ).metrics  # fmt: skip
+
+
+# ---- eval.json, the accuracy plot and the labelled grids -------------------------------------------------------------
+RIGHT, WRONG = (20, 150, 40), (210, 30, 30)
+_SHORT = {"small": "S", "large": "L", "circle": "circ", "square": "sq", "triangle": "tri", "white": "wht",
+          "black": "blk", "gray": "gry", "green": "grn", "yellow": "yel", "purple": "pur", "cyan": "cyn"}  # fmt: skip
+
+
+def write_report(evaluation: Evaluation, output_dir: str | Path, model: str | None = None) -> list[Path]:
+    """Write eval.json (the metrics, plus `model` and the files written), eval_accuracy.png (accuracy against guidance
+    scale) and eval_grid_g<scale>.png per guidance scale into `output_dir`; return their paths.
+
+    eval.json is written last, through a temporary file and a rename, so a reader never sees a half-written one."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = [output_dir / "eval_accuracy.png"]
+    plot_accuracy(evaluation.metrics, paths[0], title=f"shapes judge: {model}" if model else "shapes judge")
+    for scale, images in evaluation.images.items():
+        paths.append(output_dir / f"eval_grid_g{guidance_key(scale)}.png")
+        settings = evaluation.metrics["settings"]
+        title = (f"guidance {guidance_key(scale)}, {settings['num_inference_steps']} steps "
+                 f"{settings['scheduler']}, seed {settings['seed']}" + (f": {model}" if model else ""))  # fmt: skip
+        labelled_grid(images, evaluation.readings[scale], evaluation.expected, title).save(paths[-1])
+    report = {"model": model, **evaluation.metrics, "files": [path.name for path in paths]}
+    json_path = output_dir / "eval.json"
+    temporary = json_path.with_name(json_path.name + ".tmp")
+    temporary.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(temporary, json_path)
+    return [json_path, *paths]
+
+
+def plot_accuracy(metrics: dict[str, Any], path: str | Path, title: str = "shapes judge") -> None:
+    """Accuracy against guidance scale: one line per attribute, a thick one for all four at once; PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scales = metrics["settings"]["guidance_scales"]
+    accuracy = [metrics["accuracy"][guidance_key(g)] for g in scales]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for attribute in ATTRIBUTES:
+        ax.plot(scales, [a[attribute] for a in accuracy], marker="o", linewidth=1.2, label=attribute)
+    ax.plot(scales, [a["all"] for a in accuracy], marker="s", color="black", linewidth=2.6, label="all four")
+    best = metrics["best_guidance_scale"]
+    ax.axvline(best, color="gray", linestyle=":", linewidth=1)
+    settings, reader = metrics["settings"], metrics["reader"]
+    ax.set_title(f"{title}\n{settings['num_captions']} captions x {settings['per_caption']}, "
+                 f"{settings['num_inference_steps']} steps {settings['scheduler']}; best guidance {best:g}; "
+                 f"reader on data {reader['accuracy']['all']:.1%}", fontsize=9)  # fmt: skip
+    ax.set_xlabel("guidance scale")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xticks(scales)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def labelled_grid(
+    images: Sequence[Image.Image],
+    readings: Sequence[ShapeReading],
+    expected: Sequence[dict[str, str]],
+    title: str = "",
+) -> Image.Image:
+    """One cell per caption (its first image): rows shape x background, columns size x colour, as the headers say.
+
+    Each image is upscaled (nearest, so its pixels show as they are) inside a border that is green when all four
+    attributes were read right and red otherwise; under it the attributes read (size, colour, shape, background),
+    each green if right and red if wrong, "-" where no shape was found; with several images per caption, how many
+    of them were read right in full.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    per_caption = len(images) // len(shapes_captions())
+    font = ImageFont.load_default()
+    side = images[0].width * max(1, math.ceil(96 / images[0].width))
+    pad, label_h, head_w, head_h, title_h = 3, 26, 64, 28, 34
+    cell_w, cell_h = side + 2 * pad + 4, side + 2 * pad + label_h
+    columns = [(size, color) for size in SIZES for color in COLORS]
+    rows = [(shape, background) for shape in SHAPES for background in BACKGROUNDS]
+    grid = Image.new("RGB", (head_w + len(columns) * cell_w, title_h + head_h + len(rows) * cell_h), "white")
+    draw = ImageDraw.Draw(grid)
+    draw.text((4, 2), title, fill="black", font=font)
+    draw.text((4, 16), "border green: all four read right. Under each image the attributes read (size, colour, shape,"
+              " background): green right, red wrong.", fill="black", font=font)  # fmt: skip
+    for c, (size, color) in enumerate(columns):
+        draw.text((head_w + c * cell_w + 4, title_h + 2), f"{size}\n{color}", fill="black", font=font)
+    for r, (shape, background) in enumerate(rows):
+        draw.text((4, title_h + head_h + r * cell_h + side // 2), f"{shape}\n{background}", fill="black", font=font)
+
+    for index in range(0, len(images), per_caption):
+        want = expected[index]
+        x = head_w + columns.index((want["size"], want["color"])) * cell_w
+        y = title_h + head_h + rows.index((want["shape"], want["background"])) * cell_h
+        right = readings[index].matches(want)
+        mark = RIGHT if all(right.values()) else WRONG
+        draw.rectangle((x, y, x + side + 2 * pad - 1, y + side + 2 * pad - 1), fill=mark)
+        grid.paste(images[index].convert("RGB").resize((side, side), Image.NEAREST), (x + pad, y + pad))
+        tx, ty = x, y + side + 2 * pad + 1
+        for attribute in ATTRIBUTES:
+            value = getattr(readings[index], attribute)
+            token = _SHORT.get(value, value) if value is not None else "-"
+            draw.text((tx, ty), token, fill=RIGHT if right[attribute] else WRONG, font=font)
+            tx += draw.textlength(token, font=font) + 4
+        if per_caption > 1:
+            group = range(index, index + per_caption)
+            all_right = sum(all(readings[i].matches(expected[i]).values()) for i in group)
+            draw.text((x, ty + 12), f"{all_right}/{per_caption} right", fill="black", font=font)
+    return grid
