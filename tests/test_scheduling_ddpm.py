@@ -15,30 +15,49 @@ SAMPLE_SHAPE = (2, 3, 8, 8)
 SAMPLE_CLIPPING = [
     {"clip_sample": False},
     {"clip_sample": True, "clip_sample_range": 1.5},
+    {"clip_sample": True, "clip_sample_range": 0.5},
     {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 2.0},
 ]
+# Every named schedule with diffusers' default β_1, β_T; Stable Diffusion's; and two explicit `trained_betas` (one
+# with T = 500, so nothing depends on T = 1000).
+BETA_SETTINGS = {
+    **{name: {"beta_schedule": name} for name in BETA_SCHEDULES},
+    "scaled_linear_sd": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+    "trained_betas_1000": {"trained_betas": (np.linspace(1e-4, 0.03, 1000) ** 1.2).tolist()},
+    "trained_betas_500": {
+        "num_train_timesteps": 500,
+        "trained_betas": (0.001 + 0.02 * np.sin(np.linspace(0, np.pi / 2, 500)) ** 2).tolist(),
+    },
+}
 
 
 def deterministic_sample() -> torch.Tensor:
     return torch.randn(SAMPLE_SHAPE, generator=torch.Generator().manual_seed(0)) * 1.5
 
 
-def fake_model(sample: torch.Tensor, t, learned_variance: bool) -> torch.Tensor:
-    """A fixed smooth function of (x_t, t) standing in for a network, so both schedulers see identical outputs."""
+def fake_model(sample: torch.Tensor, t, variance_type: str | None = None) -> torch.Tensor:
+    """A fixed smooth function of (x_t, t) standing in for a network, so both schedulers see identical outputs.
+
+    With a learned variance the second half of the channels is the variance prediction, in the range each type
+    reads it in: "learned" is σ_t² itself (both schedulers take its square root), so it is positive, here in
+    [0.01, 0.05], the size of β_t; "learned_range" is the interpolation weight v ∈ [-1, 1] between log β̃_t and
+    log β_t (Improved DDPM Eq. 15).
+    """
     t = float(t)
     out = 0.8 * sample * (t / (t + 10)) + 0.1 * torch.sin(sample + t / 100)
-    if learned_variance:  # second half of the channels: the variance prediction, in [-1, 1] for learned_range
+    if variance_type == "learned":
+        out = torch.cat([out, 0.02 * (1.5 + torch.tanh(sample))], dim=1)
+    elif variance_type == "learned_range":
         out = torch.cat([out, torch.tanh(sample) * 0.9], dim=1)
     return out
 
 
 def full_loop(scheduler, num_inference_steps: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    learned = scheduler.config.variance_type in ("learned", "learned_range")
     scheduler.set_timesteps(num_inference_steps)
     generator = torch.Generator().manual_seed(seed)
     sample = deterministic_sample()
     for t in scheduler.timesteps:
-        out = scheduler.step(fake_model(sample, t, learned), t, sample, generator=generator)
+        out = scheduler.step(fake_model(sample, t, scheduler.config.variance_type), t, sample, generator=generator)
         sample = out.prev_sample
     return sample, out.pred_original_sample
 
@@ -51,34 +70,81 @@ def public(config) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 # Same numbers as diffusers, over the whole grid of options
 # ---------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "beta_schedule,timestep_spacing,rescale_betas_zero_snr",
-    list(itertools.product(BETA_SCHEDULES, TIMESTEP_SPACINGS, [False, True])),
-)
-def test_full_loop_matches_diffusers(beta_schedule, timestep_spacing, rescale_betas_zero_snr):
-    checked = 0
-    for variance_type, prediction_type, clipping in itertools.product(
-        VARIANCE_TYPES, PREDICTION_TYPES, SAMPLE_CLIPPING
-    ):
-        config = dict(
-            beta_schedule=beta_schedule,
-            timestep_spacing=timestep_spacing,
-            rescale_betas_zero_snr=rescale_betas_zero_snr,
-            variance_type=variance_type,
-            prediction_type=prediction_type,
-            steps_offset=1 if timestep_spacing == "leading" else 0,
-            **clipping,
-        )
-        ours = full_loop(DDPMScheduler(**config))
-        theirs = full_loop(diffusers.DDPMScheduler(**config))
-        if variance_type == "fixed_large_log" and not torch.isfinite(theirs[0]).any():
-            # diffusers computes log(β_t) ** 0.5 here (NaN); ours follows the math, σ_t = exp(½ log β_t) = √β_t.
-            theirs = full_loop(diffusers.DDPMScheduler(**{**config, "variance_type": "fixed_large"}))
-        for a, b in zip(ours, theirs):
-            # equal_nan: zero terminal SNR with ε-prediction divides by √ᾱ_T = 0 in both.
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, equal_nan=True, msg=lambda m: f"{config}: {m}")
-        checked += 1
-    assert checked == len(VARIANCE_TYPES) * len(PREDICTION_TYPES) * len(SAMPLE_CLIPPING)
+GRID = list(itertools.product(BETA_SETTINGS, TIMESTEP_SPACINGS, [False, True]))
+
+
+def grid_clippings(beta_setting: str, timestep_spacing: str, zero_snr: bool, variance_type: str,
+                   prediction_type: str) -> list[dict]:
+    """Two of the four SAMPLE_CLIPPING options for one grid point, rotating with every axis so that each beta
+    setting meets each clipping with each (variance, prediction) pair, and so does each (spacing, zero-SNR) pair
+    (test_grid_covers_every_clipping checks it). Clipping only changes x̂_0 (step part 3), before the variance is
+    used, so the full product (3456 configurations, twice the time) would mostly repeat itself."""
+    k = (list(BETA_SETTINGS).index(beta_setting) + 2 * TIMESTEP_SPACINGS.index(timestep_spacing) + int(zero_snr)
+         + VARIANCE_TYPES.index(variance_type) + PREDICTION_TYPES.index(prediction_type))
+    return [SAMPLE_CLIPPING[k % 4], SAMPLE_CLIPPING[(k + 2) % 4]]
+
+
+def epsilon_from_pure_noise(scheduler) -> bool:
+    """True where the loop is undefined: ε-prediction at zero terminal SNR, starting from t = T - 1, gives
+    x̂_0 = (x_T - √(1-ᾱ_T) ε) / √ᾱ_T with √ᾱ_T = 0, a division by zero in both schedulers (x_T holds no signal, which
+    is why Lin et al. 2023, arXiv 2305.08891 Sec. 3.2, pair zero SNR with v-prediction). Only `clip_sample` turns
+    the ±inf into a finite ±range; dynamic thresholding (which takes precedence over it) takes a quantile of inf and
+    stays non-finite."""
+    config = scheduler.config
+    clipped = config.clip_sample and not config.thresholding
+    return (config.rescale_betas_zero_snr and config.prediction_type == "epsilon" and not clipped
+            and int(scheduler.timesteps[0]) == config.num_train_timesteps - 1)
+
+
+@pytest.mark.parametrize("beta_setting,timestep_spacing,rescale_betas_zero_snr", GRID)
+def test_full_loop_matches_diffusers(beta_setting, timestep_spacing, rescale_betas_zero_snr):
+    checked = undefined = 0
+    for variance_type, prediction_type in itertools.product(VARIANCE_TYPES, PREDICTION_TYPES):
+        for clipping in grid_clippings(
+            beta_setting, timestep_spacing, rescale_betas_zero_snr, variance_type, prediction_type
+        ):
+            config = dict(
+                **BETA_SETTINGS[beta_setting],
+                timestep_spacing=timestep_spacing,
+                rescale_betas_zero_snr=rescale_betas_zero_snr,
+                variance_type=variance_type,
+                prediction_type=prediction_type,
+                steps_offset=1 if timestep_spacing == "leading" else 0,
+                **clipping,
+            )
+            scheduler = DDPMScheduler(**config)
+            ours = full_loop(scheduler)
+            theirs = full_loop(diffusers.DDPMScheduler(**config))
+            if epsilon_from_pure_noise(scheduler):
+                # Undefined in both (see above); checked rather than assumed, so that the rule stays exact.
+                assert not torch.isfinite(ours[0]).all() and not torch.isfinite(theirs[0]).all(), config
+                undefined += 1
+                continue
+            if variance_type == "fixed_large_log" and not torch.isfinite(theirs[0]).any():
+                # diffusers computes log(β_t) ** 0.5 here (NaN); ours follows the math, σ_t = exp(½ log β_t) = √β_t.
+                theirs = full_loop(diffusers.DDPMScheduler(**{**config, "variance_type": "fixed_large"}))
+            for a, b in zip(ours, theirs):
+                assert torch.isfinite(a).all() and torch.isfinite(b).all(), config
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{config}: {m}")
+            checked += 1
+    assert checked + undefined == len(VARIANCE_TYPES) * len(PREDICTION_TYPES) * 2
+    # Only zero-SNR ε-prediction from t = T - 1 is skipped, and never all of it (clip_sample keeps it finite).
+    starts_at_last = timestep_spacing != "leading"
+    assert undefined <= (len(VARIANCE_TYPES) * 2 if rescale_betas_zero_snr and starts_at_last else 0)
+
+
+def test_grid_covers_every_clipping():
+    """test_full_loop_matches_diffusers runs two clippings per point; over the grid, every clipping option meets
+    every (beta setting, variance, prediction) and every (spacing, zero SNR, variance, prediction)."""
+    by_schedule, by_spacing = set(), set()
+    for (beta, spacing, zero_snr), variance, prediction in itertools.product(GRID, VARIANCE_TYPES, PREDICTION_TYPES):
+        for clipping in grid_clippings(beta, spacing, zero_snr, variance, prediction):
+            option = SAMPLE_CLIPPING.index(clipping)
+            by_schedule.add((beta, variance, prediction, option))
+            by_spacing.add((spacing, zero_snr, variance, prediction, option))
+    options = len(SAMPLE_CLIPPING)
+    assert len(by_schedule) == len(BETA_SETTINGS) * len(VARIANCE_TYPES) * len(PREDICTION_TYPES) * options
+    assert len(by_spacing) == len(TIMESTEP_SPACINGS) * 2 * len(VARIANCE_TYPES) * len(PREDICTION_TYPES) * options
 
 
 def test_fixed_large_log_is_finite_and_equals_fixed_large():
@@ -134,7 +200,7 @@ def full_loop_custom(scheduler, custom):
     scheduler.set_timesteps(timesteps=custom)
     generator, sample = torch.Generator().manual_seed(1), deterministic_sample()
     for t in scheduler.timesteps:
-        out = scheduler.step(fake_model(sample, t, False), t, sample, generator=generator)
+        out = scheduler.step(fake_model(sample, t), t, sample, generator=generator)
         sample = out.prev_sample
     return sample, out.pred_original_sample
 
@@ -143,8 +209,8 @@ def test_step_without_set_timesteps_and_tuple_output_match_diffusers():
     ours, theirs = DDPMScheduler(), diffusers.DDPMScheduler()
     sample = deterministic_sample()
     for t in (999, 500, 1, 0):
-        a = ours.step(fake_model(sample, t, False), t, sample, generator=torch.Generator().manual_seed(3), return_dict=False)
-        b = theirs.step(fake_model(sample, t, False), t, sample, generator=torch.Generator().manual_seed(3), return_dict=False)
+        a = ours.step(fake_model(sample, t), t, sample, generator=torch.Generator().manual_seed(3), return_dict=False)
+        b = theirs.step(fake_model(sample, t), t, sample, generator=torch.Generator().manual_seed(3), return_dict=False)
         assert isinstance(a, tuple) and len(a) == 2
         for x, y in zip(a, b):
             torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
