@@ -14,11 +14,15 @@ Stages of `__call__`:
     6. decode          z / scaling_factor (+ shift_factor) through the VAE decoder, then `VaeImageProcessor`
 
 The img2img and inpainting pipelines subclass this one and reuse stages 2, 3, 5 and 6.
+
+`save_pretrained` writes a self-contained folder that loads without sculpt (pipelines/portable.py says how).
 """
 
 from __future__ import annotations
 
 import inspect
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -30,6 +34,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
+
+from .portable import config_for_class, installed_components, push_saved_folder, save_code
 
 logger = logging.get_logger(__name__)
 
@@ -135,6 +141,68 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         size = self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else size
         return height * self.vae_scale_factor, width * self.vae_scale_factor
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Saving and loading: self-contained folders (pipelines/portable.py)
+    # ------------------------------------------------------------------------------------------------------------
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
+        **kwargs,
+    ) -> None:
+        """diffusers' `save_pretrained` (safetensors weights, configs), then the code the folder needs, so that
+        `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads it where sculpt is not installed.
+
+        With `push_to_hub`, the finished folder is uploaded afterwards (diffusers would upload it before the code is
+        written); `repo_id` (default: the folder's name), `token`, `private`, `commit_message` and `create_pr` are
+        diffusers' keyword arguments.
+        """
+        push_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message", "create_pr")
+                       if k in kwargs}  # fmt: skip
+        super().save_pretrained(
+            save_directory, safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size,
+            **kwargs,
+        )  # fmt: skip
+        save_code(self, save_directory)
+        if push_to_hub:
+            repo_id = push_kwargs.pop("repo_id", Path(save_directory).name)
+            push_saved_folder(self, save_directory, repo_id, **push_kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+    ) -> Any:
+        """diffusers' `push_to_hub` (save to a temporary folder, upload it), through our `save_pretrained`, so that
+        what is uploaded is the self-contained folder with a card that says how to load it."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant)
+            return push_saved_folder(
+                self, folder, repo_id, token=token, private=private, commit_message=commit_message, create_pr=create_pr
+            )
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
+        # diffusers reads model_index.json through this in `from_pretrained` and `download`: loading with this
+        # class uses this class, not the one the folder ships (which would need `trust_remote_code`).
+        return config_for_class(cls, super()._dict_from_json_file(json_file))
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs):
+        # `from_pretrained`'s component entries: an installed class loads our scheduler from the installed package.
+        init_dict, unused_kwargs, hidden_dict = super().extract_init_dict(config_dict, **kwargs)
+        return installed_components(cls, init_dict), unused_kwargs, hidden_dict
 
     # ------------------------------------------------------------------------------------------------------------
     # Text
