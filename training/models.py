@@ -92,7 +92,10 @@ def load_noise_scheduler(config) -> DDPMScheduler:
     if config.zero_terminal_snr:
         # Lin et al. 2023 (arXiv 2305.08891): zero terminal SNR needs trailing timesteps at inference.
         kwargs.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
-    return DDPMScheduler(**{k: v for k, v in kwargs.items() if not k.startswith("_")})
+    # Only our arguments: an SD 1.x folder ships a PNDMScheduler config, whose extra keys (skip_prk_steps,
+    # set_alpha_to_one) describe that sampler, not the training noise schedule.
+    accepted = DDPMScheduler._get_init_keys(DDPMScheduler)
+    return DDPMScheduler(**{k: v for k, v in kwargs.items() if k in accepted})
 
 
 def vae_scale_factor(vae: AutoencoderKL) -> int:
