@@ -43,6 +43,7 @@ BUILTIN_DATASETS = ("shapes",)
 # Set by sculpt from the tokenizer or from top-level keys; giving them inside the dicts would conflict.
 _TOKENIZER_KEYS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
 _MIN_TOKENIZER_VOCAB = 2 * 256 + 2  # byte-level BPE: 256 bytes, each mid-word and word-final, plus BOS/EOS
+_LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")  # the Hub's license ids: apache-2.0, cc-by-nc-4.0, other, ...
 
 
 def _default_vae_config() -> dict:
@@ -216,8 +217,12 @@ class TrainConfig:
     # ---- Hub -------------------------------------------------------------------------------------------------------
     # No hub_token key: the resolved config is saved beside the outputs, which would leak it. Use `hf auth login`
     # or the HF_TOKEN environment variable.
-    push_to_hub: bool = False
-    hub_model_id: str | None = None  # "user/repo" to push the final pipeline to
+    push_to_hub: bool = False  # push the final pipeline folder and its model card (training/hub.py); main process
+    hub_model_id: str | None = None  # "user/repo" (or "repo", in your own namespace) to push the final pipeline to
+    hub_private: bool = False  # create the repo private, so a first push is not public; an existing repo keeps its own
+    # The model card's `license:` (a Hub license id). No default fits every run: weights trained from scratch are
+    # yours to license, a fine-tune inherits its base model's (e.g. creativeml-openrail-m for SD 1.x), so say it.
+    model_license: str = "other"
 
     # ---- VAE stage (scripts/train_vae.py): trains AutoencoderKL(**vae_config) on the same data -------------------
     vae_output_dir: str = "sculpt-vae"  # where the trained VAE is saved; point pretrained_vae here for stage 2
@@ -277,6 +282,13 @@ class TrainConfig:
                f"folder) or `train_data_dir` (an imagefolder); got {sources or 'neither'}.")
         _check(not (self.push_to_hub and not self.hub_model_id),
                "`push_to_hub`: true needs `hub_model_id` (e.g. 'user/sculpt-shapes').")
+        _check(self.hub_model_id is None or is_repo_id(self.hub_model_id),
+               f"`hub_model_id`: {self.hub_model_id!r} is not a Hub repo id; use 'user/name' or 'name' (letters, "
+               "digits, '-', '_', '.'; at most 96 characters; no '--' or '..').")
+        _check(_LICENSE_ID.fullmatch(self.model_license) is not None,
+               f"`model_license`: {self.model_license!r} is not a Hub license id; use a lowercase id such as "
+               "'apache-2.0', 'mit', 'creativeml-openrail-m' or 'other' "
+               "(huggingface.co/docs/hub/repositories-licenses).")
         _check(not (self.validation_steps is not None and not self.validation_prompts),
                f"`validation_steps`: {self.validation_steps} needs at least one of `validation_prompts`.")
         _check(not (self.lr_warmup_steps > 0 and self.lr_scheduler == "constant"),
@@ -551,6 +563,17 @@ def _from_yaml(key: str, value: Any, tp) -> Any:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def is_repo_id(repo_id: str) -> bool:
+    """Whether `repo_id` is a valid Hub repo id, "name" or "namespace/name", by huggingface_hub's own rule."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # the client's own rule
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -31,6 +31,7 @@ from pipelines import LatentDiffusionPipeline
 from pipelines.pipeline_latent_diffusion import latent_shift
 
 from . import checkpoint as ckpt
+from . import hub
 from .cli import TrainingError, UsageError
 from .config import TrainConfig, config_to_dict, save_config
 from .data import ImageCaptionDataset, all_captions, collate_fn, load_train_dataset
@@ -61,6 +62,8 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     accelerator = make_accelerator(config, output_dir)
     resume_from = ckpt.resolve_resume(config.resume_from_checkpoint, output_dir)
     _check_output_dir(config, output_dir)
+    if config.push_to_hub:  # token, Hub reachable, namespace writable: known now rather than after training
+        hub.check_push(config.hub_model_id)
 
     # 2. Seed: model initialisation and data order are the same on every process and in every rerun.
     set_seed(config.seed)
@@ -313,21 +316,27 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
             break
     progress.close()
 
-    # 10. Save the EMA pipeline (loadable with LatentDiffusionPipeline.from_pretrained(output_dir)), samples, plots.
+    # 10. Save the EMA pipeline as a self-contained folder (loads with LatentDiffusionPipeline.from_pretrained, or
+    #     without sculpt with DiffusionPipeline.from_pretrained(..., trust_remote_code=True)), samples, plots, the
+    #     model card; then push it when asked, once the run is complete (a failed push loses nothing).
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         pipeline = _pipeline(accelerator, unet, ema, vae, text_encoder, tokenizer, noise_scheduler, use_ema=True)
         pipeline.save_pretrained(output_dir)
         ckpt.kill_point("save", global_step)
-        if config.validation_prompts:
-            images = _generate(pipeline, config)
+        images = _generate(pipeline, config) if config.validation_prompts else []
+        if images:
             save_image_grid(images, output_dir / "samples.png", captions=_repeat_prompts(config))
         plot_loss(history, output_dir / "loss.png")
         _write_history(history, output_dir / "loss_history.json")
+        hub.write_model_card(output_dir, config, images, accelerator.num_processes)
         accelerator.print(f"Saved the trained pipeline to {output_dir}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     stop.restore()
+    if config.push_to_hub and accelerator.is_main_process:
+        url = hub.push_folder(output_dir, config.hub_model_id, private=config.hub_private)
+        accelerator.print(f"Pushed it to {url}")
     return output_dir
 
 
