@@ -19,7 +19,8 @@ make (read from huggingface_hub 2.4's hf_api.py, _commit_api.py, lfs.py, file_do
 Uploads take the plain LFS path: hf_xet negotiates no server support here, so clients must run with
 `HF_HUB_DISABLE_XET=1` (the variable huggingface_hub reads in `is_xet_available`). Errors carry the `X-Error-Code`
 header the client maps to its exception types (RepoNotFound, EntryNotFound, RevisionNotFound). Repos, commits and
-LFS objects live in memory; `add_repo` seeds a repo directly, `files` reads one back, `requests` logs every request.
+LFS objects live in memory; `add_repo` seeds a repo directly, `files` reads one back, `requests` logs every request,
+`refuse_commits` makes it refuse commits with a given status.
 """
 
 from __future__ import annotations
@@ -122,6 +123,9 @@ class HubServer:
         self.lock = threading.Lock()
         self.httpd: ThreadingHTTPServer | None = None
         self._commit_count = 0
+        # When set, every commit is answered with this HTTP status, as the Hub does when it refuses one (a storage
+        # quota, an outage between the token check and the upload).
+        self.refuse_commits: int | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> HubServer:
@@ -482,6 +486,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._json({"transfer": "basic", "objects": objects}, content_type="application/vnd.git-lfs+json")
 
     def _commit(self, hub: HubServer, repo: Repo, revision: str, body: bytes) -> None:
+        if hub.refuse_commits is not None:
+            raise HubError(hub.refuse_commits, "The Hub refused this commit (test double: refuse_commits is set).")
         base = hub.commit_of(repo, revision)
         if urllib.parse.unquote(revision) not in ("main", base.oid) or base is not repo.commits[-1]:
             raise HubError(400, "The Hub double commits to the head of main only.")

@@ -545,6 +545,22 @@ def test_push_config_is_checked_before_training(tmp_path, hub_client, monkeypatc
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
 
 
+def test_a_push_that_fails_after_training_keeps_the_trained_folder(tmp_path, hub_client):
+    config = tiny_run(tmp_path / "run", "push_to_hub=true", "hub_model_id=alice/refused", "max_train_steps=1",
+                      "validation_prompts=[]", "checkpointing_steps=null")
+    hub_client.refuse_commits = 500
+    try:
+        with pytest.raises(sharing.PushError, match=r"answered 500: .*The folder is unchanged; push it again with: "
+                                                    r"python scripts/push_to_hub.py .*run alice/refused$"):
+            main(config)
+    finally:
+        hub_client.refuse_commits = None
+    folder = tmp_path / "run"
+    assert (folder / "README.md").is_file() and (folder / "pipeline_latent_diffusion.py").is_file()
+    assert type(LatentDiffusionPipeline.from_pretrained(folder)) is LatentDiffusionPipeline
+    assert hub_client.files("alice/refused").keys() == {".gitattributes"}  # the repo was made, nothing landed
+
+
 @pytest.mark.parametrize(
     "override,match",
     [
