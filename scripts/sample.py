@@ -12,7 +12,10 @@ per image of the predicted clean image x̂_0 through the denoising. Image i uses
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e .`
@@ -69,11 +72,65 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, path in (("--image", args.image), ("--mask", args.mask)):
         if path is not None and not Path(path).is_file():
             fail(f"{flag}: no such file: {path}")
+    check_out(args.out)
     return args
+
+
+def check_out(out: str) -> None:
+    """`--out` must name an image format PIL can write, in a folder that can be created and written to, so that a
+    long sampling run cannot end in a traceback when it saves."""
+    import PIL.Image
+
+    path = Path(out).expanduser()
+    image_format = PIL.Image.registered_extensions().get(path.suffix.lower())
+    try:  # the real test: some registered formats have no writer installed, or cannot write RGB
+        PIL.Image.new("RGB", (1, 1)).save(io.BytesIO(), format=image_format)
+    except (OSError, ValueError, KeyError):
+        image_format = None
+    if image_format is None:
+        fail(f"--out: {out!r} does not end in an image format PIL can write ({path.suffix or 'no extension'}); "
+             f"use .png (or .jpg, .webp, ...).")
+    if path.is_dir():
+        fail(f"--out: {out} is a folder; give the grid's file name, e.g. {path / ('grid' + path.suffix)}")
+    folder = path.parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # '.' or '/' at the latest
+    if not existing.is_dir():
+        fail(f"--out: cannot create the folder {folder}: {existing} is a file.")
+    try:  # probe by writing: permission bits say nothing for root, or for /proc and read-only mounts
+        if existing == folder:
+            tempfile.TemporaryFile(dir=folder).close()
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=existing))
+    except OSError as error:
+        action = "write into" if existing == folder else "create"
+        fail(f"--out: cannot {action} the folder {folder}: {error.strerror or error}.")
+
+
+def read_image(flag: str, path: str, mode: str):
+    """The image at `path` in `mode` ("RGB" for --image, "L" for --mask), or one line saying why it cannot be read."""
+    import PIL.Image
+
+    try:
+        with PIL.Image.open(path) as image:
+            return image.convert(mode)
+    except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        fail(f"{flag}: cannot read {path} as an image: {reason}")
+
+
+def read_inputs(args: argparse.Namespace) -> tuple:
+    """(image, mask) as PIL images (or None), read and checked against each other before any model loads."""
+    image = read_image("--image", args.image, "RGB") if args.image is not None else None
+    mask = read_image("--mask", args.mask, "L") if args.mask is not None else None
+    if mask is not None and mask.size != image.size:
+        fail(f"--mask: size {mask.width}x{mask.height} differs from --image's {image.width}x{image.height}; "
+             f"the mask marks pixels of the image, so they must be the same size.")
+    return image, mask
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    image, mask = read_inputs(args)
     import torch
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
@@ -83,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         LatentDiffusionInpaintPipeline,
         LatentDiffusionPipeline,
     )
-    from pipelines.utils import load_image, make_grid, save_images
+    from pipelines.utils import make_grid, save_images
 
     try:
         pipe = LatentDiffusionPipeline.from_pretrained(args.model)
@@ -97,12 +154,12 @@ def main(argv: list[str] | None = None) -> None:
         pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
 
     kwargs = {}
-    if args.image is not None:
-        pipeline_class = LatentDiffusionInpaintPipeline if args.mask else LatentDiffusionImg2ImgPipeline
+    if image is not None:
+        pipeline_class = LatentDiffusionInpaintPipeline if mask is not None else LatentDiffusionImg2ImgPipeline
         pipe = pipeline_class(**pipe.components)
-        kwargs["image"] = load_image(args.image)
-        if args.mask is not None:
-            kwargs["mask_image"] = load_image(args.mask, mode="L")
+        kwargs["image"] = image
+        if mask is not None:
+            kwargs["mask_image"] = mask
         if args.strength is not None:
             kwargs["strength"] = args.strength
 

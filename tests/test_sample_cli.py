@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from conftest import make_components
+from diffusers import EulerDiscreteScheduler
 
-from pipelines import LatentDiffusionPipeline
+from pipelines import DDPMScheduler, LatentDiffusionPipeline
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sample.py"
 
@@ -38,10 +40,23 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
     return folder / "in.png", folder / "mask.png"
 
 
+# Runs the script as __main__ and then says on stdout whether torch was ever imported: an argument error found before
+# that has loaded no model and sampled nothing.
+TORCH_PROBE = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    print("torch imported" if "torch" in sys.modules else "torch not imported")
+"""
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", TORCH_PROBE, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env,
+        timeout=300,
     )
 
 
@@ -62,6 +77,7 @@ def test_text2img_writes_images_grid_and_filmstrip(model_dir, tmp_path):
     for index in range(3):
         assert PIL.Image.open(out.with_name(f"grid_{index}.png")).size == (32, 32)
     assert PIL.Image.open(out).size == (2 * 32 + 2, 2 * 32 + 2)  # 3 images: 2 x 2 grid, 2 px padding
+    assert result.stdout.endswith("torch imported\n")  # the probe sees the import when the script gets that far
     # One row per image, one column per kept step (every step at 3 steps).
     assert PIL.Image.open(out.with_name("grid_filmstrip.png")).size == (3 * 32 + 2 * 2, 3 * 32 + 2 * 2)
 
@@ -85,6 +101,56 @@ def test_image_and_mask_paths(model_dir, inputs, tmp_path, with_mask):
     assert np.abs(alone - second).max() <= 1
 
 
+# Each flag against the pipeline called directly with the matching argument: (CLI flags, pipeline kwargs, scheduler).
+FLAG_CASES = {
+    "defaults": ([], {}, None),
+    "negative_prompt": (["--negative_prompt", "a large blue square"], {"negative_prompt": "a large blue square"}, None),
+    "guidance_1": (["--guidance_scale", "1"], {"guidance_scale": 1.0}, None),
+    "guidance_3": (["--guidance_scale", "3"], {"guidance_scale": 3.0}, None),
+    "scheduler_ddpm": (["--scheduler", "ddpm"], {}, DDPMScheduler),
+    "scheduler_euler": (["--scheduler", "euler"], {}, EulerDiscreteScheduler),
+    "height_width": (["--height", "16", "--width", "24"], {"height": 16, "width": 24}, None),
+}
+
+
+@pytest.fixture(scope="module")
+def flag_images(model_dir, tmp_path_factory) -> dict[str, np.ndarray]:
+    """The one image (2 steps, seed 3) the CLI writes for each case of FLAG_CASES, run in-process."""
+    images = {}
+    for case, (flags, _, _) in FLAG_CASES.items():
+        out = tmp_path_factory.mktemp(case) / "grid.png"
+        load_script().main([str(model_dir), "--prompt", "a red circle", "--num_images", "1", "--steps", "2",
+                            "--seed", "3", "--out", str(out), *flags])  # fmt: skip
+        images[case] = np.asarray(PIL.Image.open(out.with_name("grid_0.png")))
+    return images
+
+
+@pytest.mark.parametrize("case", list(FLAG_CASES))
+def test_flags_give_the_pipelines_images(model_dir, flag_images, case):
+    """What each flag does is what the pipeline argument does: the same uint8 image, pixel for pixel."""
+    _, kwargs, scheduler = FLAG_CASES[case]
+    pipe = LatentDiffusionPipeline.from_pretrained(model_dir)
+    if scheduler is not None:
+        pipe.scheduler = scheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    generator = [torch.Generator().manual_seed(3)]
+    expected = np.asarray(pipe("a red circle", num_inference_steps=2, generator=generator, **kwargs).images[0])
+    np.testing.assert_array_equal(flag_images[case], expected)
+
+
+def test_flags_change_the_image(flag_images):
+    def differ(a: str, b: str) -> float:
+        return np.abs(flag_images[a].astype(int) - flag_images[b].astype(int)).mean()
+
+    # Mean |Δ| in uint8 levels, measured on the tiny random model: 3.44, 1.20 and 0.81 (2 steps, so small).
+    assert differ("negative_prompt", "defaults") > 1.0
+    assert differ("guidance_1", "guidance_3") > 0.3
+    assert differ("scheduler_euler", "scheduler_ddpm") > 0.2
+    # The model's own scheduler is our DDPMScheduler, so --scheduler ddpm changes nothing.
+    np.testing.assert_array_equal(flag_images["scheduler_ddpm"], flag_images["defaults"])
+    assert flag_images["height_width"].shape == (16, 24, 3) and flag_images["defaults"].shape == (32, 32, 3)
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -96,17 +162,46 @@ def test_image_and_mask_paths(model_dir, inputs, tmp_path, with_mask):
         (["{model}", "--prompt", "x", "--out", "o.png", "--steps", "0"], "--steps: 0 must be >= 1"),
         (["{model}", "--out", "o.png"], "the following arguments are required: --prompt"),
         (["{model}", "--prompt", "x", "--out", "o.png", "--image", "{missing}"], "--image: no such file"),
+        (["{model}", "--prompt", "x", "--out", "{tmp}/o.png", "--image", "{text}"],
+         "--image: cannot read {text} as an image: cannot identify image file"),
+        (["{model}", "--prompt", "x", "--out", "{tmp}/o.png", "--image", "{truncated}"],
+         "--image: cannot read {truncated} as an image: image file is truncated"),
+        (["{model}", "--prompt", "x", "--out", "{tmp}/o.png", "--image", "{image}", "--mask", "{text}"],
+         "--mask: cannot read {text} as an image: cannot identify image file"),
+        (["{model}", "--prompt", "x", "--out", "{tmp}/o.png", "--image", "{image}", "--mask", "{small_mask}"],
+         "--mask: size 16x16 differs from --image's 32x32"),
+        (["{model}", "--prompt", "x", "--out", "{tmp}/o.txt"],
+         "--out: '{tmp}/o.txt' does not end in an image format PIL can write (.txt); use .png"),
+        (["{model}", "--prompt", "x", "--out", "{tmp}/grid"], "does not end in an image format PIL can write (no ext"),
+        (["{model}", "--prompt", "x", "--out", "{tmp}/o.xbm"], "(.xbm); use .png"),  # registered, but not for RGB
+        (["{model}", "--prompt", "x", "--out", "/proc/sculpt-test/o.png"],
+         "--out: cannot create the folder /proc/sculpt-test: "),
+        (["{model}", "--prompt", "x", "--out", "{text}/o.png"], "--out: cannot create the folder {text}: {text} is a file"),
+        (["{model}", "--prompt", "x", "--out", "{tmp}/folder.png"], "--out: {tmp}/folder.png is a folder"),
     ],
     ids=["missing_model", "strength_range", "strength_without_image", "mask_without_image", "unknown_scheduler",
-         "steps", "no_prompt", "missing_image"],  # fmt: skip
+         "steps", "no_prompt", "missing_image", "image_not_an_image", "truncated_image", "mask_not_an_image", "mask_size", "out_txt",
+         "out_no_extension", "out_format_cannot_write_rgb", "out_folder_cannot_be_created", "out_parent_is_a_file",
+         "out_is_a_folder"],  # fmt: skip
 )
 def test_bad_arguments_print_one_line_and_exit_2(model_dir, inputs, tmp_path, args, message):
-    """Checked before torch is imported, so each of these costs a fraction of a second."""
-    names = {"model": model_dir, "missing": tmp_path / "missing", "image": inputs[0], "mask": inputs[1]}
+    """Checked before torch is imported (so before any model loads or any sampling), each in a fraction of a
+    second; nothing is written."""
+    (tmp_path / "notimage.png").write_text("not an image\n")
+    (tmp_path / "folder.png").mkdir()
+    PIL.Image.new("L", (16, 16)).save(tmp_path / "small_mask.png")
+    data = inputs[0].read_bytes()  # random pixels: half the file still has a valid header
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    names = {"model": model_dir, "missing": tmp_path / "missing", "image": inputs[0], "mask": inputs[1],
+             "tmp": tmp_path, "text": tmp_path / "notimage.png", "small_mask": tmp_path / "small_mask.png",
+             "truncated": tmp_path / "truncated.png"}  # fmt: skip
+    before = sorted(tmp_path.rglob("*"))
     result = run_cli(*[arg.format(**names) for arg in args])
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and message.format(**names) in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+    assert result.stdout == "torch not imported\n"
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_pipeline_argument_errors_exit_2_without_traceback(model_dir, capsys):
