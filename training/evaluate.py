@@ -60,10 +60,11 @@ CANDIDATE_THRESHOLD = MIN_CONTRAST / 2
 # circles: blur rounds their corners and fades the apex first, pushing the total from 1/2 to 0.71 (32 px, Gaussian
 # blur σ = 1 px). But a triangle is the one shape whose top half is emptier than its bottom half: ratio 1/3 against 1.
 # Halfway would be 2/3; the same blur and noise move triangles up to 0.71 (99% ≤ 0.64) and the symmetric shapes to
-# 1 ± 0.2 (≥ 0.81), so the cut sits at 3/4, in that measured gap. Then square against circle by the total fill, cut
-# halfway between π/4 and 1 (measured under that blur: circles ≤ 0.81, squares ≥ 0.88).
+# 1 ± 0.2 (≥ 0.81), so the cut sits at 3/4, in that measured gap. Then square against circle by the total fill, for
+# the same reason not halfway between π/4 and 1 (0.89): blur rounds a square's corners (fill down to 0.88 at σ = 1 px)
+# but leaves a disc a disc (≤ 0.82), so the cut sits at 0.85, in that gap.
 TRIANGLE_MAX_HALF_RATIO = 0.75
-SQUARE_MIN_FILL = (math.pi / 4 + 1.0) / 2  # ≈ 0.89
+SQUARE_MIN_FILL = 0.85
 # Extent as a fraction of the width: small ≤ 0.40 < LARGE_MIN_EXTENT < 0.55 ≤ large, the middle of the gap.
 LARGE_MIN_EXTENT = (SIZE_RANGES["small"][1] + SIZE_RANGES["large"][0]) / 2  # 0.475
 MIN_VOTE_EXTENT = 8  # pixels: the smallest shape must span this many for the outline's majority vote (from 32 px up)
@@ -279,7 +280,9 @@ class Evaluation:
     readings: dict[float, list[ShapeReading]] = field(default_factory=dict)
 
 
-def _check_arguments(guidance_scales, per_caption, num_inference_steps, scheduler, seed, batch_size) -> list[float]:
+def _check_arguments(
+    guidance_scales, per_caption, num_inference_steps, scheduler, seed, batch_size, reader_images
+) -> list[float]:
     scales = list(guidance_scales) if isinstance(guidance_scales, Sequence) else None
     if not scales or not all(
         isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and g >= 0 for g in scales
@@ -287,8 +290,9 @@ def _check_arguments(guidance_scales, per_caption, num_inference_steps, schedule
         raise ValueError(f"`guidance_scales`: {guidance_scales!r} must be a non-empty list of numbers ≥ 0.")
     if len(set(scales)) != len(scales):
         raise ValueError(f"`guidance_scales`: {guidance_scales!r} repeats a scale; give each once.")
-    for name, value, low in (("per_caption", per_caption, 1), ("num_inference_steps", num_inference_steps, 1),
-                             ("seed", seed, 0), ("batch_size", batch_size, 1)):  # fmt: skip
+    integers = {"per_caption": (per_caption, 1), "num_inference_steps": (num_inference_steps, 1), "seed": (seed, 0),
+                "batch_size": (batch_size, 1), "reader_images": (reader_images, 1)}  # fmt: skip
+    for name, (value, low) in integers.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"`{name}`: {value!r} must be an integer ≥ {low}.")
     if scheduler is not None and scheduler not in SCHEDULERS:
@@ -320,7 +324,9 @@ def run_evaluation(
     import torch
     from tqdm.auto import tqdm
 
-    scales = _check_arguments(guidance_scales, per_caption, num_inference_steps, scheduler, seed, batch_size)
+    scales = _check_arguments(
+        guidance_scales, per_caption, num_inference_steps, scheduler, seed, batch_size, reader_images
+    )
     height, width = pipeline.default_height_width()
     if height != width:
         raise ValueError(f"`pipeline`: makes {height}x{width} images; the shapes judge reads square ones.")
