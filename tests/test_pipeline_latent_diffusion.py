@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 
 import numpy as np
 import PIL.Image
@@ -12,6 +13,7 @@ import pytest
 import torch
 from conftest import make_components
 from diffusers import (
+    AutoencoderKL,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
@@ -28,6 +30,7 @@ from pipelines import (
     LatentDiffusionInpaintPipeline,
     LatentDiffusionPipeline,
 )
+from training.data import make_shapes_sample
 
 PROMPT = "a small red circle on a white background"
 SCHEDULERS = {
@@ -356,6 +359,102 @@ def test_inpaint_keeps_the_known_region(tiny):
     assert repainted > 0.17, repainted
 
 
+def block_mean_autoencoder() -> AutoencoderKL:
+    """A real two-block AutoencoderKL whose weights are set by hand so that it encodes each 2x2 pixel block to its
+    mean colour (latent channels 0-2; channel 3 is 0; log-variance -30, so a posterior sample is the mean) and
+    decodes by repeating that colour over the block: a local autoencoder that reconstructs well, the ideal a trained
+    VAE approaches. (Training the tiny VAE of make_components instead was measured: 400 steps on 64 shapes images
+    took ~25 s and left an L1 error of 0.04-0.09, and its decoder, whose receptive field and GroupNorm statistics
+    span the whole 32 px image, moved the kept half by 0.10-0.30 when the other half changed.)
+
+    Every residual branch is off (all weights start at zero, so each ResnetBlock2D passes its input on through its
+    shortcut) and the mid-block has no attention. What is left is linear and local except each output GroupNorm,
+    which normalises by statistics of the whole image. The 1x1 shortcut before it builds every group of channels as
+    [s, -s, K, -K] with K = 10⁴ from its bias: the group mean is then exactly 0 at every pixel and the variance is
+    (K² + mean s²) / (group size / 2) ≈ K² / (group size / 2) whatever the image (the random UNet's latents in the
+    repainted half reach |s| ≈ 80, which moves it by < 10⁻⁴), so the norm's weight undoes it. A +20 norm bias keeps SiLU in its linear range (SiLU(s + 20) = s + 20 to 1e-7); the output conv takes
+    it off again.
+    """
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+        mid_block_add_attention=False,
+    )
+    big, offset = 1e4, 20.0
+    encoder, decoder = vae.encoder, vae.decoder
+
+    def signal_and_constant_pairs(shortcut: torch.nn.Conv2d, norm: torch.nn.GroupNorm) -> int:
+        """Channel c of the shortcut's input becomes [s, -s, K, -K] at the start of group c of `norm`; returns the
+        group size (the stride between the colour channels)."""
+        size = norm.num_channels // norm.num_groups
+        for group in range(norm.num_groups):
+            first = group * size
+            if group < 3:  # the three colour channels; the fourth group carries only the constants
+                shortcut.weight[first, group] = 1
+                shortcut.weight[first + 1, group] = -1
+                norm.weight[first] = big / math.sqrt(size / 2)
+                norm.bias[first] = offset
+            shortcut.bias[first + 2] = big
+            shortcut.bias[first + 3] = -big
+        return size
+
+    with torch.no_grad():
+        for parameter in vae.parameters():
+            parameter.zero_()
+        # Encoder: RGB → (2x2 block mean, via the stride-2 conv on the bottom/right-padded input) → the norm → latent.
+        for c in range(3):
+            encoder.conv_in.weight[c, c, 1, 1] = 1
+            encoder.down_blocks[0].downsamplers[0].conv.weight[c, c, :2, :2] = 0.25
+        stride = signal_and_constant_pairs(encoder.down_blocks[1].resnets[0].conv_shortcut, encoder.conv_norm_out)
+        for c in range(3):
+            encoder.conv_out.weight[c, stride * c, 1, 1] = 1
+            encoder.conv_out.bias[c] = -offset
+        encoder.conv_out.bias[4:] = -30.0  # log-variance
+        vae.quant_conv.weight[:, :, 0, 0] = torch.eye(8)
+        vae.post_quant_conv.weight[:, :, 0, 0] = torch.eye(4)
+        # Decoder: latent → nearest-neighbour upsampling (the upsampler's conv is the identity) → the norm → RGB.
+        for c in range(3):
+            decoder.conv_in.weight[c, c, 1, 1] = 1
+            decoder.up_blocks[0].upsamplers[0].conv.weight[c, c, 1, 1] = 1
+        stride = signal_and_constant_pairs(decoder.up_blocks[1].resnets[0].conv_shortcut, decoder.conv_norm_out)
+        for c in range(3):
+            decoder.conv_out.weight[c, stride * c, 1, 1] = 1
+            decoder.conv_out.bias[c] = -offset
+    return vae.eval()
+
+
+def test_inpaint_keeps_the_input_image_outside_the_mask(tiny):
+    """Against the INPUT pixels, not the VAE's reconstruction: with an autoencoder that is local and reconstructs
+    well, what lies outside the mask comes out as it went in, and what lies inside is repainted."""
+    vae = block_mean_autoencoder()
+    pipe = ours(LatentDiffusionInpaintPipeline, {**parts(tiny), "vae": vae})
+    for index in range(4):
+        image = make_shapes_sample(index, 32, seed=0)[0]
+        pixels = np.asarray(image).astype(np.float32) / 255
+        output = pipe(PROMPT, image=image, mask_image=right_half_mask(), num_inference_steps=3, generator=gen(index),
+                      output_type="np").images[0]  # fmt: skip
+        error = np.abs(output - pixels).mean(axis=-1)
+        kept, repainted = error[:, :16].mean(), error[:, 16:].mean()
+        # The autoencoder's own round trip, which errs only where a shape's edge splits a 2x2 block.
+        with torch.no_grad():
+            x = pipe.image_processor.preprocess(image)
+            round_trip = pipe.image_processor.postprocess(vae.decode(vae.encode(x).latent_dist.mode()).sample, "np")[0]
+        own = np.abs(round_trip - pixels).mean(axis=-1)
+        assert own.mean() < 0.02, own.mean()  # reconstructs well: measured 0, 0.012, 0.010, 0.009 on these 4
+        # Measured mean |out - input| outside the mask 0, 0.0060, 0.0086, 0.0093 (the autoencoder's own error there,
+        # to 1e-5: the pipeline adds nothing); inside 0.43, 0.51, 0.54, 0.48.
+        assert kept < 0.03, (index, kept)
+        assert abs(kept - own[:, :16].mean()) < 1e-3, (index, kept, own[:, :16].mean())
+        assert repainted > 0.3 and repainted > 10 * kept, (index, kept, repainted)
+
+
 def test_inpaint_mask_as_tensor_equals_mask_as_pil(tiny):
     pipe = ours(LatentDiffusionInpaintPipeline, parts(tiny, "ddim"))
     mask = torch.zeros(1, 1, 32, 32)
@@ -426,6 +525,18 @@ ERROR_CASES = [
     ("img2img", {"image": np.zeros((32, 32, 4))}, r"`image`: shape \(32, 32, 4\) is not \(N\)HWC with 3 channels"),
     ("inpaint", {"mask_image": PIL.Image.new("L", (16, 16))}, r"`mask_image`: size \(16, 16\) .* `image`: \(32, 32\)"),
     ("inpaint", {"mask_image": None}, r"`mask_image`: got NoneType"),
+    # How many images for how many prompts, and masks for images.
+    ("img2img", {"prompt": [PROMPT, PROMPT], "image": [gradient_image()] * 3},
+     r"`image`: got 3 images for 2 prompts x 1 images per prompt; pass 1, 2 or 2 images"),
+    ("img2img", {"prompt": [PROMPT, PROMPT], "num_images_per_prompt": 2, "image": torch.zeros(3, 3, 32, 32)},
+     r"`image`: got 3 images for 2 prompts x 2 images per prompt; pass 1, 2 or 4 images"),
+    ("inpaint", {"prompt": [PROMPT] * 3, "image": [gradient_image()] * 2},
+     r"`image`: got 2 images for 3 prompts x 1 images per prompt"),
+    ("inpaint", {"prompt": [PROMPT, PROMPT], "image": [gradient_image()] * 2, "mask_image": [right_half_mask()] * 3},
+     r"`mask_image`: got 3 masks for 2 images; pass one mask, or one per image"),
+    ("inpaint", {"mask_image": torch.zeros(2, 1, 32, 32)}, r"`mask_image`: got 2 masks for 1 images"),
+    ("inpaint", {"prompt": [PROMPT, PROMPT], "num_images_per_prompt": 2, "image": [gradient_image()] * 2,
+                 "mask_image": [right_half_mask()] * 4}, r"`mask_image`: got 4 masks for 2 images"),
 ]
 
 
@@ -449,6 +560,27 @@ def test_bad_input_raises_before_any_model_runs(tiny, kind, kwargs, match):
         for hook in hooks:
             hook.remove()
     assert not calls, "a model ran before the argument check"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=(AssertionError, AttributeError),
+    reason="pipelines/*: image and mask counts are the length of a list, not the images in it, and lists are not "
+    "checked for one kind of image; these pass the checks and fail after the text encoder ran (AssertionError "
+    "'checked by check_image_inputs' in _expand, or AttributeError in the image processor). Reported, not fixed "
+    "here: the pipelines are not this test file's to change. Remove the mark once they raise ValueError up front.",
+)
+@pytest.mark.parametrize(
+    "kind,kwargs,match",
+    [
+        ("img2img", {"image": [torch.zeros(2, 3, 32, 32)]}, r"`image`: got 2 images for 1 prompts"),
+        ("inpaint", {"mask_image": [torch.zeros(2, 1, 32, 32)]}, r"`mask_image`: got 2 masks for 1 images"),
+        ("img2img", {"prompt": [PROMPT, PROMPT], "image": [gradient_image(), np.zeros((32, 32, 3))]}, r"`image`"),
+    ],
+    ids=["list_of_batched_images", "list_of_batched_masks", "list_of_pil_and_numpy"],
+)
+def test_image_lists_the_checks_miss(tiny, kind, kwargs, match):
+    test_bad_input_raises_before_any_model_runs(tiny, kind, kwargs, match)
 
 
 def test_long_prompt_is_truncated_with_a_warning(tiny, caplog):
