@@ -133,7 +133,7 @@ def generate(pipe, **kwargs) -> np.ndarray:
                 **kwargs).images
 
 
-def image_inputs() -> dict[str, np.ndarray]:
+def image_inputs() -> dict[str, dict]:
     image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
     mask = np.zeros((32, 32), dtype=np.float32)
     mask[:, 16:] = 1.0
