@@ -372,8 +372,8 @@ def block_mean_autoencoder() -> AutoencoderKL:
     which normalises by statistics of the whole image. The 1x1 shortcut before it builds every group of channels as
     [s, -s, K, -K] with K = 10⁴ from its bias: the group mean is then exactly 0 at every pixel and the variance is
     (K² + mean s²) / (group size / 2) ≈ K² / (group size / 2) whatever the image (the random UNet's latents in the
-    repainted half reach |s| ≈ 80, which moves it by < 10⁻⁴), so the norm's weight undoes it. A +20 norm bias keeps SiLU in its linear range (SiLU(s + 20) = s + 20 to 1e-7); the output conv takes
-    it off again.
+    repainted half reach |s| ≈ 80, which moves it by < 10⁻⁴), so the norm's weight undoes it. A +20 norm bias keeps
+    SiLU in its linear range (SiLU(s + 20) = s + 20 to 1e-7); the output conv takes it off again.
     """
     vae = AutoencoderKL(
         in_channels=3,

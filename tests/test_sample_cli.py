@@ -176,13 +176,14 @@ def test_flags_change_the_image(flag_images):
         (["{model}", "--prompt", "x", "--out", "{tmp}/o.xbm"], "(.xbm); use .png"),  # registered, but not for RGB
         (["{model}", "--prompt", "x", "--out", "/proc/sculpt-test/o.png"],
          "--out: cannot create the folder /proc/sculpt-test: "),
-        (["{model}", "--prompt", "x", "--out", "{text}/o.png"], "--out: cannot create the folder {text}: {text} is a file"),
+        (["{model}", "--prompt", "x", "--out", "{text}/o.png"],
+         "--out: cannot create the folder {text}: {text} is a file"),
         (["{model}", "--prompt", "x", "--out", "{tmp}/folder.png"], "--out: {tmp}/folder.png is a folder"),
     ],
     ids=["missing_model", "strength_range", "strength_without_image", "mask_without_image", "unknown_scheduler",
-         "steps", "no_prompt", "missing_image", "image_not_an_image", "truncated_image", "mask_not_an_image", "mask_size", "out_txt",
-         "out_no_extension", "out_format_cannot_write_rgb", "out_folder_cannot_be_created", "out_parent_is_a_file",
-         "out_is_a_folder"],  # fmt: skip
+         "steps", "no_prompt", "missing_image", "image_not_an_image", "truncated_image", "mask_not_an_image",
+         "mask_size", "out_txt", "out_no_extension", "out_format_cannot_write_rgb", "out_folder_cannot_be_created",
+         "out_parent_is_a_file", "out_is_a_folder"],  # fmt: skip
 )
 def test_bad_arguments_print_one_line_and_exit_2(model_dir, inputs, tmp_path, args, message):
     """Checked before torch is imported (so before any model loads or any sampling), each in a fraction of a
