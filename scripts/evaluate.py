@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     metrics, reader = evaluation.metrics, evaluation.metrics["reader"]
     print(f"reader on {reader['num_images']} dataset images at {reader['resolution']} px: "
           f"{reader['accuracy']['all']:.1%}")
+    ceiling = metrics["autoencoder"]
+    print(f"the same after the model's VAE (encode, decode), the most it can score: {ceiling['accuracy']['all']:.1%} "
+          f"of {ceiling['num_images']}")
     print(f"{'guidance':>8}  {'size':>5}  {'colour':>6}  {'shape':>5}  {'background':>10}  {'all four':>8}")
     for scale in metrics["settings"]["guidance_scales"]:
         a = metrics["accuracy"][guidance_key(scale)]

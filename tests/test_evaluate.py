@@ -25,6 +25,7 @@ from training.evaluate import (
     WRONG,
     Evaluation,
     ShapeReading,
+    check_autoencoder,
     check_reader,
     evaluate_pipeline,
     read_shape,
@@ -170,6 +171,8 @@ def test_reader_takes_pil_uint8_and_float_arrays():
 def test_score_needs_matching_lengths():
     with pytest.raises(ValueError, match="`readings`: 1 readings for 2 expected captions"):
         score([ShapeReading(background="white")], shapes_captions()[:2])
+    with pytest.raises(ValueError, match="`num_images`: 0 must be ≥ 1"):
+        check_reader(32, 0)
 
 
 # ---- the evaluation on a tiny random pipeline ------------------------------------------------------------------------
@@ -213,6 +216,10 @@ def evaluation(pipeline) -> Evaluation:
 
 def test_evaluation_repeats_and_leaves_the_pipeline_as_it_was(pipeline, evaluation):
     check_metrics(evaluation.metrics, [1.0, 3.0], 1, 1)
+    # The ceiling: dataset images through the (random) VAE and back; it cannot keep a shape, let alone all four.
+    ceiling = evaluation.metrics["autoencoder"]
+    assert ceiling == check_autoencoder(pipeline) and (ceiling["num_images"], ceiling["resolution"]) == (216, 32)
+    assert ceiling["accuracy"]["all"] < 0.1
     assert evaluation.metrics["settings"]["scheduler"] == "DDIMScheduler"
     assert pipeline.scheduler.__class__.__name__ == "DDPMScheduler"  # its own, put back
     assert not pipeline._progress_bar_config.get("disable", False)
@@ -307,9 +314,10 @@ def test_cli_writes_eval_json_plot_and_grids(model_dir, tmp_path, capsys):
     assert report["settings"] | chosen == report["settings"]
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "reader on 1000 dataset images at 32 px: 100.0%"
-    assert printed[1].split() == ["guidance", "size", "colour", "shape", "background", "all", "four"]
-    assert [line.split()[0] for line in printed[2:4]] == ["1", "3"]
-    assert float(printed[3].split()[-1]) == pytest.approx(report["accuracy"]["3"]["all"], abs=5e-4)
+    assert printed[1].startswith("the same after the model's VAE (encode, decode), the most it can score: ")
+    assert printed[2].split() == ["guidance", "size", "colour", "shape", "background", "all", "four"]
+    assert [line.split()[0] for line in printed[3:5]] == ["1", "3"]
+    assert float(printed[4].split()[-1]) == pytest.approx(report["accuracy"]["3"]["all"], abs=5e-4)
     assert load_script().parse_args([str(model_dir)]).output_dir == model_dir  # default: next to the model
 
 

@@ -247,6 +247,27 @@ def _check_reader(resolution: int, num_images: int, seed: int) -> dict[str, Any]
     return {"resolution": resolution, "num_images": num_images, "seed": seed, "accuracy": accuracy}
 
 
+def check_autoencoder(pipeline, num_images: int = 216, seed: int = 1) -> dict[str, Any]:
+    """The reader's accuracy on `num_images` dataset images after a round trip through the pipeline's VAE (encode,
+    take the posterior mode, decode): the most a model can score with this decoder, however good its UNet. A low
+    ceiling says the autoencoder, not the diffusion model, loses the attribute. Same dict as `check_reader`."""
+    import torch
+
+    if num_images < 1:
+        raise ValueError(f"`num_images`: {num_images} must be ≥ 1.")
+    resolution = pipeline.default_height_width()[1]
+    samples = [make_shapes_sample(index, resolution, seed) for index in range(num_images)]
+    vae, readings = pipeline.vae, []
+    with torch.no_grad():
+        for start in range(0, num_images, 108):
+            images = [image for image, _ in samples[start : start + 108]]
+            pixels = pipeline.image_processor.preprocess(images).to(device=vae.device, dtype=vae.dtype)
+            decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+            readings += [read_shape(image) for image in pipeline.image_processor.postprocess(decoded, "pil")]
+    accuracy = score(readings, [attributes for _, attributes in samples])
+    return {"resolution": resolution, "num_images": num_images, "seed": seed, "accuracy": accuracy}
+
+
 # ---- generating and judging ------------------------------------------------------------------------------------------
 SCHEDULERS = ("ddpm", "ddim", "dpm", "euler")
 
@@ -318,7 +339,7 @@ def run_evaluation(
     Image i of the caption list uses the generator seeded `seed + i` at every guidance scale: the scales are compared
     on the same starting noise, and an image does not depend on `batch_size`. `scheduler` replaces the pipeline's for
     the run only; the pipeline's own progress bar is off meanwhile (one bar here counts all denoising steps).
-    `strict` makes a reader below READER_TARGET on the dataset's own images at this resolution a ValueError, raised
+    The autoencoder's ceiling (`check_autoencoder`) is measured too. `strict` makes a reader below READER_TARGET on the dataset's own images at this resolution a ValueError, raised
     before any image is generated, rather than a logged warning.
     """
     import torch
@@ -340,6 +361,8 @@ def run_evaluation(
         if strict:
             raise ValueError(f"`pipeline`: {message}")
         logger.warning(message)
+
+    autoencoder = check_autoencoder(pipeline)
 
     captions = shapes_captions()
     expected = [caption for caption in captions for _ in range(per_caption)]
@@ -391,6 +414,7 @@ def run_evaluation(
         "best_guidance_scale": best,
         "best_accuracy": accuracy[guidance_key(best)],
         "reader": reader,
+        "autoencoder": autoencoder,
         "settings": {
             "guidance_scales": scales,
             "per_caption": per_caption,
@@ -438,7 +462,8 @@ def evaluate_pipeline(
 
     Returns:
         {"accuracy": {"<scale>": {"size", "color", "shape", "background", "all"}}, "best_guidance_scale",
-        "best_accuracy", "reader": {"resolution", "num_images", "seed", "accuracy"}, "settings": {...}, "seconds"};
+        "best_accuracy", "reader": {"resolution", "num_images", "seed", "accuracy"} (on the dataset's own images),
+        "autoencoder": {same keys} (on their VAE round trips: the ceiling), "settings": {...}, "seconds"};
         accuracies are fractions in [0, 1], "all" is all four attributes right at once.
     """
     return run_evaluation(
@@ -489,6 +514,9 @@ def plot_accuracy(metrics: dict[str, Any], path: str | Path, title: str = "shape
     for attribute in ATTRIBUTES:
         ax.plot(scales, [a[attribute] for a in accuracy], marker="o", linewidth=1.2, label=attribute)
     ax.plot(scales, [a["all"] for a in accuracy], marker="s", color="black", linewidth=2.6, label="all four")
+    if "autoencoder" in metrics:
+        ceiling = metrics["autoencoder"]["accuracy"]["all"]
+        ax.axhline(ceiling, color="black", linestyle="--", linewidth=1, label="all four after the VAE alone")
     best = metrics["best_guidance_scale"]
     ax.axvline(best, color="gray", linestyle=":", linewidth=1)
     settings, reader = metrics["settings"], metrics["reader"]
