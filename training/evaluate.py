@@ -339,8 +339,9 @@ def run_evaluation(
     Image i of the caption list uses the generator seeded `seed + i` at every guidance scale: the scales are compared
     on the same starting noise, and an image does not depend on `batch_size`. `scheduler` replaces the pipeline's for
     the run only; the pipeline's own progress bar is off meanwhile (one bar here counts all denoising steps).
-    The autoencoder's ceiling (`check_autoencoder`) is measured too. `strict` makes a reader below READER_TARGET on the dataset's own images at this resolution a ValueError, raised
-    before any image is generated, rather than a logged warning.
+    The autoencoder's ceiling (`check_autoencoder`) is measured too. `strict` makes a reader below READER_TARGET on
+    the dataset's own images at this resolution a ValueError, raised before any image is generated, rather than a
+    logged warning.
     """
     import torch
     from tqdm.auto import tqdm
