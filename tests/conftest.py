@@ -1,15 +1,21 @@
 """Tiny but real components, built locally (nothing comes from the Hub): a CLIP-format tokenizer trained on the
-shapes captions, a 2-layer CLIPTextModel, a two-block AutoencoderKL and a small UNet2DConditionModel."""
+shapes captions, a 2-layer CLIPTextModel, a two-block AutoencoderKL and a small UNet2DConditionModel. Also what the
+training tests share: the `fresh_accelerate_state` fixture, `tiny()` configs and `accelerate launch` commands."""
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
 
 CAPTIONS = [
     f"a {size} {color} {shape} on a {bg} background"
@@ -83,3 +89,38 @@ def make_components(seed: int = 0, scheduler=None) -> dict:
 @pytest.fixture
 def components():
     return make_components()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training tests
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_accelerate_state():
+    """Each in-process run builds its own Accelerator; forget the previous one's singleton state afterwards. Test files
+    that train in-process use it for every test: `pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")`."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def tiny(output_dir: str | Path, *overrides: str):
+    """configs/tiny.yaml training into `output_dir`, with validation and periodic checkpoints off unless `overrides`
+    turn them back on."""
+    from training.config import load_config
+
+    return load_config(
+        TINY, [f"output_dir={output_dir}", "validation_steps=null", "checkpointing_steps=null", *overrides]
+    )
+
+
+def accelerate_launch(num_processes: int = 1, port: int | None = None) -> list[str]:
+    """The `accelerate launch` command line (without the script) for CPU runs that need no accelerate config file:
+    one process, or `num_processes` in one gloo DDP group on `port` (distinct per test, so tests can overlap)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no"]  # fmt: skip
+    if num_processes == 1:
+        return [*launch, "--num_processes", "1"]
+    return [*launch, "--multi_gpu", "--num_processes", str(num_processes), "--main_process_port", str(port)]

@@ -26,6 +26,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from conftest import accelerate_launch, tiny
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -44,16 +45,7 @@ RUN = ["num_shapes_samples=32", "max_train_steps=12", "checkpointing_steps=4", "
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
        "SCULPT_TEST_KILL_AT": ""}
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator; forget the previous one's singleton state."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def command(out: Path, *overrides: str) -> list[str]:
@@ -210,10 +202,6 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one_and_stops_clearly(
     done = train(run, "resume_from_checkpoint=latest")
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(reference, run)
-
-
-def tiny(out: Path, *overrides: str):
-    return load_config(TINY, [f"output_dir={out}", "validation_steps=null", "checkpointing_steps=null", *overrides])
 
 
 def test_enospc_in_a_checkpoint_write_keeps_the_previous_one_and_stops_clearly(tmp_path, monkeypatch):
@@ -511,10 +499,8 @@ if "RANK" in os.environ:
 
 def launch_two_command(out: Path, *overrides: str, port: int) -> list[str]:
     """`accelerate launch` of two CPU processes (gloo DDP) with batch 2 each."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port)]
-    return [*launch, str(ROOT / "scripts" / "train.py"), "--config", TINY, f"output_dir={out}", "train_batch_size=2",
-            *RUN, *overrides]
+    return [*accelerate_launch(2, port), str(ROOT / "scripts" / "train.py"), "--config", TINY, f"output_dir={out}",
+            "train_batch_size=2", *RUN, *overrides]
 
 
 def launch_two(out: Path, *overrides: str, port: int, env: dict | None = None, timeout: int = 300):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import accelerate_launch, tiny
 from safetensors.torch import load_file
 
 from training.config import load_config
@@ -22,20 +23,7 @@ from training.train import EpochSampler, _drop_captions, main, sample_generators
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator; forget the previous one's singleton state."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
-def tiny(tmp_path: Path, *overrides: str):
-    return load_config(TINY, [f"output_dir={tmp_path}", "validation_steps=null", "checkpointing_steps=null", *overrides])
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def unet_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -178,13 +166,11 @@ def test_two_processes_match_one_process_with_the_combined_batch(tmp_path):
               "cache_text_embeddings=false"]
     one, two = tmp_path / "one", tmp_path / "two"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no"]
     for out, procs, batch in ((one, 1, 4), (two, 2, 2)):
-        flags = ["--num_processes", "1"] if procs == 1 else ["--multi_gpu", "--num_processes", "2", "--main_process_port", "29533"]
         result = subprocess.run(
-            [*launch, *flags, str(ROOT / "scripts" / "train.py"), "--config", TINY, f"output_dir={out}",
-             f"train_batch_size={batch}", "validation_steps=null", "checkpointing_steps=null", *common],
+            [*accelerate_launch(procs, port=29533), str(ROOT / "scripts" / "train.py"), "--config", TINY,
+             f"output_dir={out}", f"train_batch_size={batch}", "validation_steps=null", "checkpointing_steps=null",
+             *common],
             capture_output=True, text=True, env=env, timeout=600,
         )
         assert result.returncode == 0, result.stderr[-3000:]
