@@ -5,7 +5,9 @@ training tests share: the `fresh_accelerate_state` fixture, `tiny()` configs and
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,15 @@ def accelerate_launch(num_processes: int = 1, port: int | None = None) -> list[s
     if num_processes == 1:
         return [*launch, "--num_processes", "1"]
     return [*launch, "--multi_gpu", "--num_processes", str(num_processes), "--main_process_port", str(port)]
+
+
+def wait_until_frozen(process: subprocess.Popen, timeout: float = 300) -> None:
+    """Until `process` has stopped itself (SIGSTOP through the hook): state T in /proc/<pid>/stat."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"exited with {process.returncode} before reaching the hook"
+        if Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+            return
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("the run never reached the hook")

@@ -26,7 +26,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import accelerate_launch, tiny
+from conftest import accelerate_launch, tiny, wait_until_frozen
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -97,18 +97,6 @@ def assert_same_run(expected: Path, actual: Path, last: int = 12) -> None:
     assert (expected / "loss_history.json").read_text() == (actual / "loss_history.json").read_text()
     for name in (f"validation/step-{last:06d}.png", "samples.png"):
         assert (expected / name).read_bytes() == (actual / name).read_bytes(), name
-
-
-def wait_until_frozen(process: subprocess.Popen, timeout: float = 300) -> None:
-    """Until `process` has stopped itself (SIGSTOP through the hook): state T in /proc/<pid>/stat."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"exited with {process.returncode} before reaching the hook"
-        if Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
-            return
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError("the run never reached the hook")
 
 
 # ---- 1. kill and resume, exactly -------------------------------------------------------------------------------------

@@ -92,9 +92,11 @@ def read_state(checkpoint: Path) -> dict:
         raise ValueError(f"`resume_from_checkpoint`: cannot read {checkpoint / STATE_FILE}: {error}") from error
 
 
-def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict, ema=None, limit: int | None = None):
+def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict, ema=None, limit: int | None = None,
+                    ema_folder: str = EMA_FOLDER):
     """Write checkpoint-<step> atomically (all ranks call this; only the main process touches the filesystem
-    outside `save_state`, where accelerate has each rank write its own RNG state)."""
+    outside `save_state`, where accelerate has each rank write its own RNG state). `ema` is saved in `ema_folder`
+    (the VAE stage names its own)."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f"checkpoint-{step}.tmp"
@@ -107,7 +109,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
     try:
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process and ema is not None:
-            ema.save_pretrained(str(tmp / EMA_FOLDER))
+            ema.save_pretrained(str(tmp / ema_folder))
     except Exception as caught:  # a full disk shows up as OSError, torch's RuntimeError or SafetensorError
         error = caught
     kill_point("checkpoint", step, accelerator.process_index)

@@ -23,13 +23,23 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from . import checkpoint as ckpt
 from .config import TrainConfig, save_config
 from .data import load_train_dataset
 from .loss import vae_loss
 from .reporting import plot_loss, save_image_grid
-from .train import build_train_dataloader, make_accelerator, sample_generators
+from .train import (
+    NonFiniteLossError,
+    _all_finite,
+    _StopSignal,
+    build_train_dataloader,
+    make_accelerator,
+    sample_generators,
+)
 
 logger = get_logger(__name__)
+
+EMA_FOLDER = "vae_ema"  # the EMA weights inside a checkpoint of this stage
 
 
 class _Autoencode(torch.nn.Module):
@@ -47,13 +57,18 @@ class _Autoencode(torch.nn.Module):
 
 
 def main(config: TrainConfig, dry_run: bool = False) -> Path:
+    """Train the autoencoder per `config` into `vae_output_dir`; with `dry_run`, build the model and the data, report
+    them, and write nothing. Checkpoints, resume, stop signals and non-finite losses work as in the diffusion stage
+    (training/train.py), with the checkpoints in `vae_output_dir`."""
     output_dir = Path(config.vae_output_dir)
 
-    # 1. Accelerator and seed.
+    # 1. Accelerator; the checkpoint to resume from and the output folder are checked before anything is built.
     accelerator = make_accelerator(config, output_dir)
+    resume_from = ckpt.resolve_resume(config.resume_from_checkpoint, output_dir)
+    _check_output_dir(config, output_dir)
     set_seed(config.seed)
 
-    # 2. Model and data.
+    # 2. Model and data, checked before anything is written.
     vae = AutoencoderKL(**config.vae_config)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if config.resolution % factor:
@@ -67,10 +82,23 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
             f"nothing was trained or written."
         )
         return output_dir
+    accelerator.wait_for_everyone()  # every rank has checked its input before the main one writes anything
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "train_config.yaml")
-    ema = EMAModel(vae.parameters(), decay=config.ema_decay, use_ema_warmup=config.ema_warmup) if config.use_ema else None
+    accelerator.wait_for_everyone()
+    ema = None
+    if config.use_ema:
+        ema = EMAModel(
+            vae.parameters(),
+            decay=config.ema_decay,
+            use_ema_warmup=config.ema_warmup,
+            inv_gamma=config.ema_inv_gamma,
+            power=config.ema_power,
+            model_cls=AutoencoderKL,
+            model_config=vae.config,
+        )
+        ema.to(accelerator.device)
 
     # 3. Optimizer, schedule, prepare.
     model = _Autoencode(vae)
@@ -86,41 +114,109 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     )
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
 
-    # 4. Loop.
-    history, global_step = [], 0
+    # 4. Resume: weights, optimizer, LR schedule and EMA from the checkpoint; data position by skipping batches.
+    global_step, history = 0, []
+    if resume_from is not None:
+        state = ckpt.read_state(resume_from)
+        accelerator.load_state(str(resume_from))
+        if ema is not None:
+            loaded = EMAModel.from_pretrained(str(resume_from / EMA_FOLDER), model_cls=AutoencoderKL)
+            ema.load_state_dict(loaded.state_dict())
+            ema.to(accelerator.device)
+        global_step, history = state["global_step"], state["history"]
+        accelerator.print(f"Resumed from {resume_from} at step {global_step}")
+    elif config.resume_from_checkpoint == "latest":
+        accelerator.print(f"No complete checkpoint in {output_dir}; starting from scratch.")
+
     steps_per_epoch = max(len(dataloader) // config.gradient_accumulation_steps, 1)
-    progress = tqdm(total=config.vae_max_train_steps, desc="train vae", disable=not accelerator.is_local_main_process)
-    for epoch in range(math.ceil(config.vae_max_train_steps / steps_per_epoch)):
-        dataloader.set_epoch(epoch)  # through accelerate's loader, which otherwise re-sets it from its own counter
-        for micro_step, batch in enumerate(dataloader):
-            pixels = batch["pixel_values"]
-            generators = sample_generators(config.seed, global_step, micro_step, accelerator, len(pixels))
-            with accelerator.accumulate(model):
-                reconstruction, moments = model(pixels, generators)
-                loss, rec, kl = vae_loss(reconstruction, pixels, DiagonalGaussianDistribution(moments), config.kl_weight)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            if ema is not None:
-                ema.step(accelerator.unwrap_model(model).vae.parameters())
-            global_step += 1
-            logs = {name: accelerator.reduce(v.detach().float(), "mean").item() for name, v in
-                    (("loss", loss), ("reconstruction", rec), ("kl", kl))}
-            history.append({"step": global_step, **logs})
-            progress.update(1)
-            progress.set_postfix(rec=f"{logs['reconstruction']:.4f}", kl=f"{logs['kl']:.3f}")
-            if global_step >= config.vae_max_train_steps:
+    num_epochs = math.ceil(config.vae_max_train_steps / steps_per_epoch)
+    first_epoch = global_step // steps_per_epoch
+    resume_batches = (global_step % steps_per_epoch) * config.gradient_accumulation_steps
+
+    # 5. The loop. Each sample's latent noise comes from a generator seeded by its place in the run (see
+    #    training/train.py), so a resumed run draws what the uninterrupted one drew.
+    stop = _StopSignal()
+    progress = tqdm(total=config.vae_max_train_steps, initial=global_step, desc="train vae",
+                    disable=not accelerator.is_local_main_process)  # fmt: skip
+    sums, consecutive_bad = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}, 0
+    try:
+        for epoch in range(first_epoch, num_epochs):
+            if global_step >= config.vae_max_train_steps:  # resumed from the final checkpoint: only saving is left
                 break
-        if global_step >= config.vae_max_train_steps:
-            break
+            epoch_loader = dataloader
+            if epoch == first_epoch and resume_batches:
+                epoch_loader = accelerator.skip_first_batches(dataloader, resume_batches)
+            epoch_loader.set_epoch(epoch)  # through accelerate's loader, which otherwise re-sets it from its counter
+            micro_step = resume_batches if epoch == first_epoch else 0
+            for batch in epoch_loader:
+                pixels = batch["pixel_values"]
+                generators = sample_generators(config.seed, global_step, micro_step, accelerator, len(pixels))
+                micro_step += 1
+                with accelerator.accumulate(model):
+                    reconstruction, moments = model(pixels, generators)
+                    loss, rec, kl = vae_loss(
+                        reconstruction, pixels, DiagonalGaussianDistribution(moments), config.kl_weight
+                    )
+                    accelerator.backward(loss)
+                    ckpt.kill_point("step", global_step + 1, accelerator.process_index)
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                        finite = _all_finite(accelerator, loss, grad_norm)
+                        if not finite:
+                            optimizer.zero_grad(set_to_none=True)  # the bad gradients never reach the weights
+                    if not accelerator.sync_gradients or finite:
+                        optimizer.step()
+                        lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    for name, value in (("loss", loss), ("reconstruction", rec), ("kl", kl)):
+                        sums[name] += accelerator.reduce(value.detach().float(), "mean").item()
+                if not accelerator.sync_gradients:
+                    continue
+
+                # One optimizer step is complete (all accumulation micro-steps done).
+                logs = {name: total / config.gradient_accumulation_steps for name, total in sums.items()}
+                sums = dict.fromkeys(sums, 0.0)
+                if not finite:
+                    consecutive_bad += 1
+                    _non_finite(config, output_dir, global_step + 1, logs["loss"], grad_norm, consecutive_bad)
+                else:
+                    consecutive_bad = 0
+                    if ema is not None:
+                        ema.step(accelerator.unwrap_model(model).vae.parameters())
+                global_step += 1
+                history.append({"step": global_step, **logs})
+                progress.update(1)
+                progress.set_postfix(rec=f"{logs['reconstruction']:.4f}", kl=f"{logs['kl']:.3f}")
+
+                done = global_step >= config.vae_max_train_steps
+                stopping = stop.requested(accelerator)
+                if (config.checkpointing_steps and global_step % config.checkpointing_steps == 0) or (
+                    stopping and not done
+                ):
+                    ckpt.save_checkpoint(
+                        accelerator,
+                        output_dir,
+                        global_step,
+                        {"global_step": global_step, "history": history},
+                        ema=ema if accelerator.is_main_process else None,
+                        limit=config.checkpoints_total_limit,
+                        ema_folder=EMA_FOLDER,
+                    )
+                if stopping and not done:
+                    progress.close()
+                    accelerator.print(
+                        f"Stopped by signal at step {global_step}; checkpoint saved. Resume with: "
+                        f"resume_from_checkpoint=latest (same config and vae_output_dir)."
+                    )
+                    accelerator.end_training()
+                    return output_dir
+                if done:
+                    break
+    finally:
+        stop.restore()  # also when a non-finite loss or a failed checkpoint write ends the run
     progress.close()
 
-    # 5. Measure the latent scale on the data with the final (EMA) weights, store it in the config, save.
+    # 6. Measure the latent scale on the data with the final (EMA) weights, store it in the config, save.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         vae = accelerator.unwrap_model(model).vae
@@ -144,6 +240,41 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output_dir
+
+
+def _check_output_dir(config: TrainConfig, output_dir: Path) -> None:
+    """Refuse to train into a folder that holds another VAE run unless told to overwrite or to resume it; the rule
+    of the diffusion stage's `output_dir` (training/train.py)."""
+    if config.resume_from_checkpoint or config.overwrite_output_dir or not output_dir.exists():
+        return
+    saved = ("train_config.yaml", "config.json", "diffusion_pytorch_model.safetensors")
+    markers = [p.name for p in output_dir.iterdir() if p.name in saved]
+    markers += [p.name for p in ckpt.list_checkpoints(output_dir)]
+    if markers:
+        raise ValueError(
+            f"`vae_output_dir`: {str(output_dir)!r} already holds a run ({', '.join(sorted(markers)[:3])}). "
+            f"Set `overwrite_output_dir=true` to replace it, `resume_from_checkpoint=latest` to continue it, "
+            f"or choose another `vae_output_dir`."
+        )
+
+
+def _non_finite(config: TrainConfig, output_dir: Path, step: int, loss: float, grad_norm, in_a_row: int) -> None:
+    """A step whose loss or gradient was NaN/Inf (its update was not applied): stop per `non_finite_loss`, naming
+    the step and the checkpoint that is kept, or log it and go on."""
+    message = (
+        f"Non-finite loss or gradient at step {step} (loss={loss:.4g}, grad_norm={float(grad_norm):.4g}); "
+        f"the update was not applied."
+    )
+    if config.non_finite_loss == "stop" or in_a_row >= config.max_consecutive_non_finite:
+        why = ("non_finite_loss=stop" if config.non_finite_loss == "stop" else
+               f"{in_a_row} in a row, max_consecutive_non_finite={config.max_consecutive_non_finite}")  # fmt: skip
+        last = ckpt.list_checkpoints(output_dir)
+        kept = f"the last good checkpoint, {last[-1].name}, is untouched. " if last else "no checkpoint was written yet. "
+        raise NonFiniteLossError(
+            f"{message} Training stopped ({why}); {kept}Lower vae_learning_rate, check the data of that step, or set "
+            f"non_finite_loss=skip."
+        )
+    logger.warning(message + f" Skipping it ({in_a_row} in a row).")
 
 
 @torch.no_grad()
