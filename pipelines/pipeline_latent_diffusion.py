@@ -16,11 +16,14 @@ Stages of `__call__`:
 The img2img and inpainting pipelines subclass this one and reuse stages 2, 3, 5 and 6.
 
 `save_pretrained` writes a self-contained folder that loads without sculpt (pipelines/portable.py says how).
+`from_pretrained` loads weights from safetensors only unless the caller passes `use_safetensors=False`, and runs no
+code from the folder.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -72,6 +75,42 @@ def latent_shift(vae_config) -> float | None:
         if value is not None:
             return float(value)
     return None
+
+
+def encode_text(
+    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, texts: list[str], device: torch.device,
+    max_length: int | None = None,
+) -> torch.Tensor:
+    """CLIP last hidden states of `texts`, padded to `max_length` tokens (the tokenizer's maximum by default), with
+    the attention mask when the text encoder's config asks for one (`use_attention_mask`, as diffusers reads it).
+    The one text encoding of sculpt: the pipelines' prompts and training's captions both go through it."""
+    max_length = max_length or tokenizer.model_max_length
+    tokens = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    attention_mask = None
+    if getattr(text_encoder.config, "use_attention_mask", False):
+        attention_mask = tokens.attention_mask.to(device)
+    return text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
+
+
+# The weight files of a model folder: safetensors, and the pickle formats that `use_safetensors=True` refuses.
+_SAFE_SUFFIXES = (".safetensors", ".safetensors.index.json")
+_PICKLE_SUFFIXES = (".bin", ".bin.index.json", ".ckpt", ".pt", ".pth")
+
+
+def _pickle_only_parts(folder: Path) -> list[str]:
+    """The components of a local pipeline folder (model_index.json's entries) whose weights are pickles only, each
+    as its first pickle file: ["unet/diffusion_pytorch_model.bin", ...]."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return []
+    components = [k for k, v in json.loads(index.read_text()).items() if not k.startswith("_") and isinstance(v, list)]
+    found = []
+    for part in sorted(folder / name for name in components if (folder / name).is_dir()):
+        names = [f.name for f in part.iterdir() if f.is_file()]
+        pickled = sorted(n for n in names if n.endswith(_PICKLE_SUFFIXES))
+        if pickled and not any(n.endswith(_SAFE_SUFFIXES) for n in names):
+            found.append(f"{part.name}/{pickled[0]}")
+    return found
 
 
 def _is_int(value) -> bool:
@@ -193,6 +232,38 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             )
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "LatentDiffusionPipeline":
+        """diffusers' `from_pretrained`, safe by default: weights load from safetensors only, and a folder whose
+        weights are pickles (which can run code when loaded) is refused with a ValueError naming them. Pass
+        `use_safetensors=False` to allow pickles for a source you trust (safetensors are still used where present).
+        `trust_remote_code` is never set here: the installed classes load the folder, and diffusers refuses a
+        component whose code exists only in the folder unless the caller passes it."""
+        use_safetensors = kwargs.pop("use_safetensors", None)
+        if use_safetensors is False:
+            # diffusers and transformers read False as "pickles only", which fails on parts saved as safetensors;
+            # None is "safetensors where present, else the pickle".
+            return super().from_pretrained(pretrained_model_name_or_path, use_safetensors=None, **kwargs)
+        folder = Path(pretrained_model_name_or_path).expanduser()
+        if folder.is_dir():
+            pickled = _pickle_only_parts(folder)
+            if pickled:
+                raise ValueError(
+                    f"`pretrained_model_name_or_path`: {str(pretrained_model_name_or_path)!r} holds weights only as "
+                    f"pickle ({', '.join(pickled)}), which can run arbitrary code when loaded. Convert them to "
+                    f"safetensors, or pass use_safetensors=False if you trust the folder."
+                )
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, use_safetensors=True, **kwargs)
+        except OSError as error:
+            if "safetensors" not in str(error):
+                raise
+            raise ValueError(
+                f"`pretrained_model_name_or_path`: {str(pretrained_model_name_or_path)!r} has no safetensors weights "
+                f"for every part ({str(error).strip().splitlines()[0]}); pass use_safetensors=False to load pickled "
+                f"weights if you trust the source."
+            ) from error
+
+    @classmethod
     def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
         # diffusers reads model_index.json through this in `from_pretrained` and `download`: loading with this
         # class uses this class, not the one the folder ships (which would need `trust_remote_code`).
@@ -208,11 +279,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
     # Text
     # ------------------------------------------------------------------------------------------------------------
     def _encode_text(self, texts: list[str], device: torch.device, max_length: int | None = None) -> torch.Tensor:
-        """CLIP last hidden states of `texts`, padded to `max_length` tokens (the tokenizer's maximum by default)."""
+        """CLIP last hidden states of `texts` (`encode_text`), with a warning for each prompt that is truncated."""
         max_length = max_length or self.tokenizer.model_max_length
-        tokens = self.tokenizer(
-            texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
-        )
         # Truncate like diffusers, but say so: CLIP has only `model_max_length` position embeddings.
         for ids in self.tokenizer(texts, truncation=True, max_length=10**6).input_ids:
             if len(ids) > max_length:
@@ -221,10 +289,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                     f"The prompt was truncated to {max_length} tokens, the most the text encoder takes; "
                     f"this part was dropped: {removed!r}"
                 )
-        attention_mask = None
-        if getattr(self.text_encoder.config, "use_attention_mask", False):
-            attention_mask = tokens.attention_mask.to(device)
-        return self.text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
+        return encode_text(self.tokenizer, self.text_encoder, texts, device, max_length)
 
     def encode_prompt(
         self,

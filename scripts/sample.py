@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mask", default=None, help="inpainting mask for --image: white = repaint, black = keep")
     parser.add_argument("--out", required=True, help="path of the grid PNG")
     parser.add_argument("--save_intermediates", action="store_true", help="also write a filmstrip of x̂_0")
+    parser.add_argument("--allow_pickle", action="store_true",
+                        help="also load pickled weights (*.bin), which can run code: only for a model you trust")
     args = parser.parse_args(argv)
 
     model = Path(args.model).expanduser()
@@ -143,9 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     from pipelines.utils import make_grid, save_images
 
     try:
-        pipe = LatentDiffusionPipeline.from_pretrained(args.model)
+        pipe = LatentDiffusionPipeline.from_pretrained(args.model, use_safetensors=not args.allow_pickle)
     except Exception as error:  # noqa: BLE001 - any load failure is a bad MODEL argument to the user
-        fail(f"MODEL: could not load {args.model!r}: {str(error).splitlines()[0] if str(error) else type(error)}")
+        reason = str(error).splitlines()[0] if str(error) else str(type(error))
+        if "use_safetensors=False" in reason:  # the library's opt-in, as this script spells it
+            reason = reason.replace("pass use_safetensors=False", "pass --allow_pickle")
+        fail(f"MODEL: could not load {args.model!r}: {reason}")
     if args.scheduler is not None:
         scheduler_class = {
             "ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
