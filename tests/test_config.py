@@ -72,6 +72,10 @@ def test_empty_yaml_file_means_defaults(tmp_path):
         ("validation_prompts=", "validation_prompts", []),
         ("scheduler_config={num_train_timesteps: 500, beta_schedule: linear}", "scheduler_config",
          {"num_train_timesteps": 500, "beta_schedule": "linear"}),
+        ("eval_guidance_scales=[1, 2.5]", "eval_guidance_scales", [1.0, 2.5]),  # list[float]: numbers, as floats
+        ("eval_guidance_scales=0,1e1", "eval_guidance_scales", [0.0, 10.0]),
+        ("eval_steps=none", "eval_steps", None),
+        ("allow_pickle=yes", "allow_pickle", True),
     ],
 )
 def test_override_parsing(override, key, expected):
@@ -164,6 +168,17 @@ def test_wrong_type_in_override(override, match):
 def test_wrong_type_in_yaml(tmp_path, text, match):
     with pytest.raises(ValueError, match=match):
         load_config(write_yaml(tmp_path, f"dataset_name: shapes\n{text}\n"), [])
+
+
+def test_list_of_floats_from_yaml_and_its_type_errors(tmp_path):
+    assert load_config(write_yaml(tmp_path, "dataset_name: shapes\neval_guidance_scales: [1, 3.5]\n"),
+                       []).eval_guidance_scales == [1.0, 3.5]
+    with pytest.raises(ValueError, match=r"`eval_guidance_scales`: '1,x' is not a valid list\[float\]\. Use numbers"):
+        load_config(None, [*SHAPES, "eval_guidance_scales=1,x"])
+    with pytest.raises(ValueError, match=r"`eval_guidance_scales`: \[1, 'x'\] is not a valid list\[float\]\."):
+        load_config(write_yaml(tmp_path, "dataset_name: shapes\neval_guidance_scales: [1, x]\n"), [])
+    with pytest.raises(ValueError, match=r"`eval_guidance_scales`: \[True\] is not a valid list\[float\]"):
+        TrainConfig(dataset_name="shapes", eval_guidance_scales=[True])
 
 
 def test_wrong_type_in_constructor():
@@ -278,6 +293,29 @@ def test_missing_and_malformed_files(tmp_path):
                                                  r"`text_encoder_config\.hidden_size`: 256"),
         (["vae_config.latent_channels=8"],
          r"`unet_config\.in_channels`: 4 must equal `vae_config\.latent_channels`: 8"),
+        # Caching one view per image would silently drop random augmentation.
+        (["cache_latents=true", "random_flip=true"],
+         r"`cache_latents`: true caches one view per image, so `random_flip`: true would never flip; set "
+         r"random_flip=false, or cache_latents=false"),
+        (["dataset_name=none", "train_data_dir=data/x", "cache_latents=true", "center_crop=false"],
+         r"`cache_latents`: true caches one view per image, so the random crop of `center_crop`: false would always be "
+         r"the center one; set center_crop=true, or cache_latents=false"),
+        # The shapes judge.
+        (["eval_steps=0"], r"`eval_steps`: 0 must be ≥ 1, or none"),
+        (["dataset_name=none", "train_data_dir=data/x", "eval_steps=100"],
+         r"`eval_steps`: 100 runs the shapes judge, which reads the built-in shapes grammar; it needs `dataset_name`: "
+         r"'shapes' \(got dataset_name=None, train_data_dir='data/x'\), or set eval_steps=none"),
+        (["dataset_name=my/hub-data", "eval_steps=100"], r"`eval_steps`: 100 runs the shapes judge.*got "
+                                                          r"dataset_name='my/hub-data'"),
+        (["eval_guidance_scales=[]"], r"`eval_guidance_scales`: \[\] must be a non-empty list of distinct "
+                                      r"numbers ≥ 0"),
+        (["eval_guidance_scales=[1, 1]"], r"`eval_guidance_scales`: \[1\.0, 1\.0\] must be a non-empty list of "
+                                          r"distinct numbers ≥ 0"),
+        (["eval_guidance_scales=[-1]"], r"`eval_guidance_scales`: \[-1\.0\] must be a non-empty list"),
+        (["eval_per_caption=0"], r"`eval_per_caption`: 0 must be ≥ 1"),
+        (["eval_num_inference_steps=0"], r"`eval_num_inference_steps`: 0 must be ≥ 1"),
+        (["eval_num_inference_steps=1001"], r"`eval_num_inference_steps`: 1001 cannot be larger than "
+                                            r"`scheduler_config\.num_train_timesteps`: 1000"),
     ],
 )
 def test_cross_field_checks(overrides, match):
@@ -291,6 +329,22 @@ def test_valid_combinations_of_the_checked_fields():
                                 "validation_prompts=[a red circle]", "lr_scheduler=cosine", "lr_warmup_steps=10",
                                 "resume_from_checkpoint=latest", "checkpointing_steps=none", "snr_gamma=5.0"])
     assert config.resume_from_checkpoint == "latest" and config.checkpointing_steps is None
+
+
+def test_caching_is_allowed_where_it_keeps_every_augmentation():
+    # The shapes dataset is drawn square at `resolution`: a random crop of it is the whole image.
+    assert load_config(None, [*SHAPES, "cache_latents=true", "center_crop=false"]).cache_latents
+    config = load_config(None, ["train_data_dir=data/x", "cache_latents=true", "center_crop=true"])
+    assert config.cache_latents and not config.random_flip
+
+
+def test_resumable_changes_name_real_keys():
+    from training.config import RESUMABLE_CHANGES
+
+    assert RESUMABLE_CHANGES <= {f.name for f in dataclasses.fields(TrainConfig)}
+    # What a resumed run trains on must be in every checkpoint's record.
+    assert not RESUMABLE_CHANGES & {"seed", "learning_rate", "train_batch_size", "gradient_accumulation_steps",
+                                    "unet_config", "dataset_name", "mixed_precision", "lr_scheduler", "use_ema"}
 
 
 def test_pretrained_parts_skip_the_from_scratch_shape_checks():

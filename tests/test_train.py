@@ -190,3 +190,191 @@ def test_two_processes_match_one_process_with_the_combined_batch(tmp_path):
     assert len(history_one) == len(history_two) == 3
     for h1, h2 in zip(history_one, history_two):  # the loss is the mean over all 4 samples in both runs
         assert abs(h1["loss"] - h2["loss"]) < 1e-5
+
+
+# ---- output_dir: overwrite, and resuming only the run a checkpoint belongs to ----------------------------------------
+
+
+def test_overwrite_removes_the_old_runs_checkpoints_so_latest_and_rotation_see_only_the_new_run(tmp_path, capsys):
+    """Run A, then run B with overwrite_output_dir, then `latest` with B's config: before, A's checkpoint-4 outlived
+    B's rotation (it was "newest") and `latest` resumed A."""
+    a = ["max_train_steps=4", "checkpointing_steps=2", "validation_prompts=[]"]
+    b = ["max_train_steps=2", "checkpointing_steps=1", "checkpoints_total_limit=2", "validation_prompts=[]",
+         "learning_rate=5e-4"]
+    main(tiny(tmp_path, *a))
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    main(tiny(tmp_path, *b, "overwrite_output_dir=true"))
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    b_weights = unet_weights(tmp_path)
+    capsys.readouterr()
+
+    main(tiny(tmp_path, *b, "resume_from_checkpoint=latest"))
+    assert f"Resumed from {tmp_path / 'checkpoint-2'} at step 2" in capsys.readouterr().out
+    assert all(torch.equal(b_weights[k], v) for k, v in unet_weights(tmp_path).items())  # B's run, only saved again
+    # A's settings cannot continue B's checkpoint: the keys that differ are named (max_train_steps may differ).
+    with pytest.raises(ValueError, match=r"`resume_from_checkpoint`: .*checkpoint-2' was written by a run with other "
+                                         r"settings: learning_rate: 0\.0005 there, 0\.001 now\. Resume with"):
+        main(tiny(tmp_path, *a, "resume_from_checkpoint=latest"))
+
+
+def test_check_resumable_names_each_differing_setting_and_accepts_older_checkpoints(tmp_path, caplog):
+    from training import checkpoint as ckpt
+
+    config = tiny(tmp_path)
+    checkpoint = tmp_path / "checkpoint-3"
+    checkpoint.mkdir()
+    recorded = {**ckpt.fingerprint(config, 1), "seed": 5, "unet_config": {**config.unet_config, "layers_per_block": 2}}
+    (checkpoint / ckpt.STATE_FILE).write_text(json.dumps({"global_step": 3, "config": recorded}))
+    with pytest.raises(ValueError, match=r"other settings: seed: 5 there, 0 now; "
+                                         r"unet_config\.layers_per_block: 2 there, 1 now\. "):
+        ckpt.check_resumable(checkpoint, config, 1)
+    (checkpoint / ckpt.STATE_FILE).write_text(json.dumps({"global_step": 3, "config": ckpt.fingerprint(config, 1)}))
+    with pytest.raises(ValueError, match=r"other settings: num_processes: 1 there, 2 now"):
+        ckpt.check_resumable(checkpoint, config, 2)
+    changed = tiny(tmp_path / "elsewhere", "max_train_steps=99", "validation_steps=5", "validation_prompts=[a]",
+                   "checkpointing_steps=7", "report_to=tensorboard", "eval_steps=3")
+    ckpt.check_resumable(checkpoint, changed, 1)  # keys a resumed run may change
+    (checkpoint / ckpt.STATE_FILE).write_text(json.dumps({"global_step": 3}))  # written before settings were recorded
+    from accelerate import PartialState
+
+    PartialState()  # for accelerate's logger
+    ckpt.check_resumable(checkpoint, config, 1)
+    assert "records no settings (written by an older sculpt)" in caplog.text
+
+
+def test_dry_run_ignores_an_output_dir_that_holds_a_run_and_changes_nothing(tmp_path, capsys):
+    main(tiny(tmp_path, "max_train_steps=1", "checkpointing_steps=1", "validation_prompts=[]"))
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    main(tiny(tmp_path, "max_train_steps=1"), dry_run=True)  # it writes nothing, so the folder is no obstacle
+    assert "dry run:" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    with pytest.raises(ValueError, match=r"`output_dir`: .* already holds a run"):  # a real run still refuses
+        main(tiny(tmp_path, "max_train_steps=1"))
+
+
+# ---- pretrained sources: checked before the dataset is read ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["pretrained_vae=/no/such/vae"], r"^`pretrained_vae`: '/no/such/vae' does not exist \(a local folder, or a "
+                                      r"Hub id"),
+    (["pretrained_vae={tmp}/vae-stage", "vae_output_dir={tmp}/vae-stage"],
+     r"^`pretrained_vae`: '.*/vae-stage' does not exist\. It is where the VAE stage writes its model: train it first "
+     r"with `python scripts/train_vae\.py --config <this config>`"),
+    (["pretrained_model_name_or_path=nobody/no-such-model"],
+     r"^`pretrained_model_name_or_path`: 'nobody/no-such-model' is not a local folder, and "
+     r"tokenizer/tokenizer_config\.json could not be fetched from it on the Hub \(HF_HUB_OFFLINE is set, and it is not "
+     r"in the local cache\)"),
+    (["pretrained_unet={tmp}"], r"^`pretrained_unet`: '.*' has no config\.json, so it holds no unet\.$"),
+    (["pretrained_unet={pipeline}"],
+     r"^`pretrained_unet`: .* has no config\.json, so it holds no unet; its unet/ folder does: set "
+     r"unet_subfolder=unet\.$"),
+    (["pretrained_unet={pipeline}", "unet_subfolder=unet", "variant=fp16"],
+     r"^`pretrained_unet`: '.*/unet' has no unet weights for variant='fp16' \(it has "
+     r"diffusion_pytorch_model\.safetensors\)\.$"),
+    (["pretrained_model_name_or_path={tmp}"], r"^`pretrained_model_name_or_path`: '.*' has no tokenizer/ folder \(the "
+                                              r"tokenizer\); set `pretrained_tokenizer` to load it from elsewhere\.$"),
+])
+def test_bad_pretrained_sources_are_named_before_the_dataset_is_read(tmp_path, overrides, match):
+    from conftest import make_components
+
+    from pipelines import LatentDiffusionPipeline
+
+    pipeline = tmp_path / "pipeline"
+    if any("{pipeline}" in o for o in overrides):
+        LatentDiffusionPipeline(**make_components()).save_pretrained(pipeline)
+    overrides = [o.format(tmp=tmp_path / "empty", pipeline=pipeline) for o in overrides]
+    (tmp_path / "empty").mkdir()
+    # No such dataset: if the data were read first, this would be the error.
+    no_data = ["dataset_name=none", f"train_data_dir={tmp_path / 'no-such-data'}"]
+    with pytest.raises(ValueError, match=match):
+        main(tiny(tmp_path / "out", *no_data, *overrides))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("override, env, match", [
+    ("pretrained_vae=/no/such/vae", {}, "`pretrained_vae`: '/no/such/vae' does not exist"),
+    ("pretrained_model_name_or_path=nobody/no-such-model", {"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+    # The network down: nothing listens on port 9. huggingface_hub retries 5 times (~25 s), quietly.
+    pytest.param("pretrained_model_name_or_path=nobody/no-such-model",
+                 {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}, "Please check your connection",
+                 marks=pytest.mark.slow),
+])
+def test_cli_bad_pretrained_source_is_one_line_and_exit_code_2(tmp_path, override, env, match):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", TINY, f"output_dir={tmp_path}", override],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: `pretrained_") and match in lines[0], result.stderr
+
+
+# ---- learning rate, logging and the shapes judge ---------------------------------------------------------------------
+
+
+def test_lr_schedule_with_two_processes_and_accumulation_equals_one_process(tmp_path):
+    """Warmup and decay count optimizer steps, whatever the processes and accumulation: linear, 2 warmup of 4 steps."""
+    common = ["max_train_steps=4", "lr_scheduler=linear", "lr_warmup_steps=2", "gradient_accumulation_steps=2",
+              "use_ema=false", "validation_prompts=[]", "train_text_encoder=false", "validation_steps=null",
+              "checkpointing_steps=null"]
+    main(tiny(tmp_path / "one", "train_batch_size=2", *common))
+    result = subprocess.run(
+        [*accelerate_launch(2, port=29541), str(ROOT / "scripts" / "train.py"), "--config", TINY,
+         f"output_dir={tmp_path / 'two'}", "train_batch_size=1", *common],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lr_one, lr_two = ([h["lr"] for h in json.loads((tmp_path / run / "loss_history.json").read_text())]
+                      for run in ("one", "two"))
+    assert lr_one == lr_two == pytest.approx([0.5e-3, 1e-3, 0.5e-3, 0.0])
+
+
+def scalar_events(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag in the tensorboard event files under `log_dir`: [(step, value), ...]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = {}
+    for folder in sorted({p.parent for p in log_dir.rglob("events.out.tfevents.*")}):
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            scalars[tag] = [(e.step, e.value) for e in events.Scalars(tag)]
+    return scalars
+
+
+def test_tensorboard_gets_loss_lr_grad_norm_and_images_per_sec(tmp_path):
+    main(tiny(tmp_path, "max_train_steps=2", "report_to=tensorboard", "use_ema=false", "validation_prompts=[]"))
+    scalars = scalar_events(tmp_path / "logs")
+    history = json.loads((tmp_path / "loss_history.json").read_text())
+    for tag in ("loss", "lr", "grad_norm", "images_per_sec"):
+        assert [step for step, _ in scalars[tag]] == [1, 2], tag
+    assert [v for _, v in scalars["loss"]] == pytest.approx([h["loss"] for h in history])
+    assert all(v > 0 for _, v in scalars["images_per_sec"] + scalars["grad_norm"])
+
+
+EVAL = ["num_shapes_samples=8", "eval_per_caption=1", "eval_num_inference_steps=2", "validation_prompts=[]"]
+ATTRIBUTES = {"size", "color", "shape", "background", "all"}
+
+
+def test_eval_steps_runs_the_shapes_judge_and_logs_every_accuracy(tmp_path):
+    main(tiny(tmp_path, *EVAL, "max_train_steps=1", "eval_steps=1", "report_to=tensorboard"))
+    (entry,) = json.loads((tmp_path / "eval_history.json").read_text())
+    assert entry["step"] == 1 and set(entry["accuracy"]) == {"1", "3"} and entry["best_guidance_scale"] in (1.0, 3.0)
+    scalars = scalar_events(tmp_path / "logs")
+    for scale, accuracy in entry["accuracy"].items():
+        assert set(accuracy) == ATTRIBUTES and all(0 <= v <= 1 for v in accuracy.values())
+        for attribute, value in accuracy.items():
+            assert scalars[f"eval/{scale}/{attribute}"] == [(1, pytest.approx(value))]
+
+
+@pytest.mark.slow  # three judgements of 216 images each: about 1.5 min on 2 busy cores
+def test_eval_runs_every_eval_steps_and_at_the_end_and_a_resumed_run_repeats_it_exactly(tmp_path):
+    run = [*EVAL, "max_train_steps=3", "checkpointing_steps=2", "eval_steps=2"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    main(tiny(full, *run))
+    assert [entry["step"] for entry in json.loads((full / "eval_history.json").read_text())] == [2, 3]
+    # Resumed after the step-2 checkpoint: step 2's judgement comes from the checkpoint, step 3 is judged again.
+    shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
+    main(tiny(resumed, *run, "resume_from_checkpoint=latest"))
+    assert (resumed / "eval_history.json").read_text() == (full / "eval_history.json").read_text()

@@ -7,6 +7,10 @@ checkpoints or the previous set plus a complete new one (and maybe a stale `.tmp
 Old checkpoints are deleted only after the new one is in place, and are renamed to `.tmp` before being deleted, so a
 kill during the deletion leaves nothing that looks complete. A write that fails (a full disk) removes its `.tmp`,
 leaves the previous checkpoints as they were and stops the run with `CheckpointWriteError`.
+
+`trainer_state.json` also records the settings that decide what is trained (`fingerprint`): a resume refuses a
+checkpoint written with other settings (`check_resumable`), and one whose model weights are pickles unless the config
+allows pickle. A run that overwrites its output_dir first removes the old run's checkpoints (`remove_checkpoints`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from accelerate.logging import get_logger
 
 from .cli import TrainingError
+from .config import RESUMABLE_CHANGES, config_to_dict
 
 logger = get_logger(__name__)
 
@@ -83,6 +88,95 @@ def verify(checkpoint: Path) -> str | None:
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, {size} were written"
     return None
+
+
+def fingerprint(config, num_processes: int) -> dict:
+    """The settings of `config` that decide what is trained (all keys but RESUMABLE_CHANGES), as JSON values, with
+    the number of processes the run was launched with (it sets the effective batch)."""
+    values = {k: v for k, v in config_to_dict(config).items() if k not in RESUMABLE_CHANGES}
+    return json.loads(json.dumps({**values, "num_processes": num_processes}))
+
+
+def check_resumable(checkpoint: Path, config, num_processes: int) -> None:
+    """Refuse to resume from `checkpoint` when it was written with other settings (naming the keys that differ) or
+    holds model weights only as pickles and `config.allow_pickle` is not set."""
+    recorded = read_state(checkpoint).get("config")
+    if recorded is None:
+        logger.warning(f"{checkpoint} records no settings (written by an older sculpt); cannot check that it is from "
+                       f"this config.", main_process_only=True)
+    else:
+        differ = _differences(recorded, fingerprint(config, num_processes))
+        if differ:
+            details = "; ".join(f"{k}: {_short(there)} there, {_short(now)} now" for k, there, now in differ[:6])
+            more = f" (and {len(differ) - 6} more)" if len(differ) > 6 else ""
+            raise ValueError(
+                f"`resume_from_checkpoint`: {str(checkpoint)!r} was written by a run with other settings: {details}"
+                f"{more}. Resume with the settings it was written with, or start a new run (another output_dir, or "
+                f"overwrite_output_dir=true without resume_from_checkpoint)."
+            )
+    pickled = pickled_weights(checkpoint)
+    if pickled and not config.allow_pickle:
+        raise ValueError(
+            f"`resume_from_checkpoint`: {str(checkpoint)!r} holds model weights only as pickle ({', '.join(pickled)}), "
+            f"which can run arbitrary code when loaded (sculpt writes safetensors). Set allow_pickle=true if you trust "
+            f"it."
+        )
+
+
+def pickled_weights(checkpoint: Path) -> list[str]:
+    """Model weight files of `checkpoint` that have no safetensors twin: accelerate's `pytorch_model[_i].bin` (it
+    writes `model[_i].safetensors` by default) and the EMA's `diffusion_pytorch_model.bin`. The optimizer, LR-schedule
+    and RNG states are pickles whatever the settings; accelerate reads them with torch's `weights_only` unpickler,
+    which builds tensors and plain containers and runs no code."""
+    found = []
+    for path in sorted(checkpoint.glob("pytorch_model*.bin")):
+        twin = "model" + path.name.removeprefix("pytorch_model").removesuffix(".bin") + ".safetensors"
+        if not (checkpoint / twin).is_file():
+            found.append(path.name)
+    ema = checkpoint / EMA_FOLDER
+    if (ema / "diffusion_pytorch_model.bin").is_file() and not (ema / "diffusion_pytorch_model.safetensors").is_file():
+        found.append(f"{EMA_FOLDER}/diffusion_pytorch_model.bin")
+    return found
+
+
+def _differences(recorded: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(key, recorded value, current value) for each key both hold with different values; dicts entry by entry
+    ("unet_config.layers_per_block"). A key only one side holds (a setting added or removed by a newer sculpt) is
+    not compared."""
+    found = []
+    for key in current:
+        if key not in recorded or recorded[key] == current[key]:
+            continue
+        there, now = recorded[key], current[key]
+        if isinstance(there, dict) and isinstance(now, dict):
+            entries = {**dict.fromkeys(there, None), **dict.fromkeys(now, None)}
+            found += _differences({k: there.get(k) for k in entries}, {k: now.get(k) for k in entries},
+                                  f"{prefix}{key}.")  # fmt: skip
+        else:
+            found.append((prefix + key, there, now))
+    return found
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def remove_checkpoints(output_dir: str | Path) -> list[str]:
+    """Delete every checkpoint (complete or `.tmp`) in `output_dir`, each renamed to `.tmp` first so that a kill
+    midway leaves nothing `latest` would pick. Returns the names removed."""
+    output_dir = Path(output_dir)
+    removed = []
+    for old in sorted(output_dir.glob("checkpoint-*")):
+        if not old.is_dir():
+            continue
+        removed.append(old.name)
+        doomed = old if old.name.endswith(".tmp") else old.with_name(old.name + ".tmp")
+        if doomed != old:
+            shutil.rmtree(doomed, ignore_errors=True)
+            os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    return removed
 
 
 def read_state(checkpoint: Path) -> dict:

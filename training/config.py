@@ -7,8 +7,8 @@ counterpart, so its users can read our configs without a glossary. One schema se
 (`vae_*`, `kl_weight`, plus the shared data/optimizer/precision keys) ignores the diffusion-only keys and vice versa.
 
 Override values are strings parsed to the field's type: int, float (`1e-4` works, in YAML files too), bool
-(true/false/1/0/yes/no/on/off), str, `X | None` ("none"/"null" → None), list[str] (YAML flow `[a, b]` or
-comma-separated `a,b`) and dict (YAML flow `{a: 1}`). A dotted key sets one entry of a dict field
+(true/false/1/0/yes/no/on/off), str, `X | None` ("none"/"null" → None), list[str] and list[float] (YAML flow
+`[a, b]` or comma-separated `a,b`) and dict (YAML flow `{a: 1}`). A dotted key sets one entry of a dict field
 (`scheduler_config.num_train_timesteps=500`); a dict given whole in YAML or as an override replaces the default dict.
 YAML is read with 1.2 scalars: only true/false are booleans, so `mixed_precision: no` means the string "no".
 """
@@ -44,6 +44,21 @@ BUILTIN_DATASETS = ("shapes",)
 _TOKENIZER_KEYS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
 _MIN_TOKENIZER_VOCAB = 2 * 256 + 2  # byte-level BPE: 256 bytes, each mid-word and word-final, plus BOS/EOS
 _LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")  # the Hub's license ids: apache-2.0, cc-by-nc-4.0, other, ...
+
+
+# Keys a resumed run may set differently from the run that wrote the checkpoint: where it writes and logs, how often it
+# checkpoints, validates and judges, how long it trains (a decaying LR schedule then follows the new length), how it
+# loads and launches, and the VAE stage's keys. Every other key decides what is trained, so a checkpoint records them
+# (with the number of processes, which sets the effective batch) and a resume refuses one written with other values.
+RESUMABLE_CHANGES = frozenset({
+    "output_dir", "overwrite_output_dir", "report_to", "logging_dir", "tracker_project_name", "cache_dir",
+    "dataloader_num_workers", "allow_pickle", "max_train_steps", "non_finite_loss", "max_consecutive_non_finite",
+    "gradient_checkpointing", "num_processes", "ddp_timeout", "checkpointing_steps", "checkpoints_total_limit",
+    "resume_from_checkpoint", "validation_prompts", "validation_steps", "num_validation_images", "num_inference_steps",
+    "guidance_scale", "validation_seed", "eval_steps", "eval_guidance_scales", "eval_per_caption",
+    "eval_num_inference_steps", "push_to_hub", "hub_model_id", "hub_private", "model_license", "vae_output_dir",
+    "vae_max_train_steps", "vae_train_batch_size", "vae_learning_rate", "kl_weight",
+})  # fmt: skip
 
 
 def _default_vae_config() -> dict:
@@ -135,7 +150,11 @@ class TrainConfig:
     # ---- model parts: each is pretrained (its own key, else pretrained_model_name_or_path/<subfolder>) or built ----
     pretrained_model_name_or_path: str | None = None  # a diffusers-layout repo or folder (unet/, vae/, text_encoder/..)
     revision: str | None = None  # Hub revision (branch, tag or commit) of the pretrained parts, for reproducibility
-    variant: str | None = None  # weight file variant, e.g. "fp16"
+    variant: str | None = None  # weight file variant, e.g. "fp16": loads diffusion_pytorch_model.fp16.safetensors
+    # Weights load from safetensors only: a pickle file (*.bin, *.ckpt) can run arbitrary code when it is loaded, so
+    # a part (or a checkpoint to resume) that has only pickled weights is refused. Set true only for a source you
+    # trust: safetensors are still preferred where a part has both.
+    allow_pickle: bool = False
     pretrained_unet: str | None = None  # path/Hub id of a UNet2DConditionModel, overrides the one from the repo
     unet_subfolder: str | None = None
     unet_config: dict[str, Any] = field(default_factory=_default_unet_config)  # UNet2DConditionModel(**unet_config)
@@ -179,9 +198,11 @@ class TrainConfig:
 
     # ---- speed and memory ------------------------------------------------------------------------------------------
     mixed_precision: str = "no"  # "fp16" / "bf16" autocast on GPUs (Accelerate); master weights stay float32
-    allow_tf32: bool = False  # TF32 matmuls on Ampere+ GPUs: faster, slightly less exact
+    allow_tf32: bool = False  # TF32 matmuls on Ampere+ GPUs: faster, slightly less exact; false keeps torch's default
     gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~25% slower
-    cache_latents: bool = False  # encode each image with the frozen VAE once instead of every step
+    # Encode each image with the frozen VAE once instead of every step. One view per image is cached, so it cannot
+    # be combined with random flips or random crops (they would be the same every epoch).
+    cache_latents: bool = False
     cache_text_embeddings: bool = False  # encode each caption with the frozen text encoder once
 
     # ---- processes (set by `accelerate launch`) -------------------------------------------------------------------
@@ -214,6 +235,15 @@ class TrainConfig:
     guidance_scale: float = 7.5  # classifier-free guidance scale, arXiv 2207.12598; ≤ 1 disables guidance
     validation_seed: int | None = None  # None → `seed`; fixed so validation images are comparable across steps
 
+    # ---- shapes judge at validation time (training/evaluate.py; only with dataset_name: shapes) -------------------
+    # Every N steps and at the end, generate each of the 108 captions of the shapes grammar with the EMA weights and
+    # read size, colour, shape and background back off the pixels; accuracies go to the trackers (eval/<scale>/<attr>)
+    # and to eval_history.json. None → never.
+    eval_steps: int | None = None
+    eval_guidance_scales: list[float] = field(default_factory=lambda: [1.0, 3.0])  # compared on the same noise
+    eval_per_caption: int = 1  # images per caption (108 captions); more gives steadier accuracies, slower
+    eval_num_inference_steps: int = 50  # sampler steps per judged image
+
     # ---- Hub -------------------------------------------------------------------------------------------------------
     # No hub_token key: the resolved config is saved beside the outputs, which would leak it. Use `hf auth login`
     # or the HF_TOKEN environment variable.
@@ -244,10 +274,10 @@ class TrainConfig:
         _check(self.resolution > 0, f"`resolution`: {self.resolution} must be > 0.")
         for key in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "num_inference_steps",
                     "num_validation_images", "max_consecutive_non_finite", "num_shapes_samples", "ddp_timeout",
-                    "vae_max_train_steps", "vae_train_batch_size"):
+                    "vae_max_train_steps", "vae_train_batch_size", "eval_per_caption", "eval_num_inference_steps"):
             _check(getattr(self, key) >= 1, f"`{key}`: {getattr(self, key)} must be ≥ 1.")
         for key in ("checkpointing_steps", "checkpoints_total_limit", "validation_steps", "max_train_samples",
-                    "num_processes"):
+                    "num_processes", "eval_steps"):
             value = getattr(self, key)
             _check(value is None or value >= 1, f"`{key}`: {value} must be ≥ 1, or none to disable it.")
         for key in ("lr_warmup_steps", "dataloader_num_workers", "seed", "dataset_seed", "noise_offset",
@@ -260,6 +290,10 @@ class TrainConfig:
         for key in ("adam_epsilon", "max_grad_norm", "ema_inv_gamma", "ema_power"):
             _check(getattr(self, key) > 0, f"`{key}`: {getattr(self, key)} must be > 0.")
         _check(0 < self.ema_decay < 1, f"`ema_decay`: {self.ema_decay} must be in (0, 1).")
+        _check(bool(self.eval_guidance_scales) and all(g >= 0 for g in self.eval_guidance_scales)
+               and len(set(self.eval_guidance_scales)) == len(self.eval_guidance_scales),
+               f"`eval_guidance_scales`: {self.eval_guidance_scales} must be a non-empty list of distinct numbers "
+               "≥ 0.")
         _check(self.snr_gamma is None or self.snr_gamma > 0,
                f"`snr_gamma`: {self.snr_gamma} must be > 0, or none to disable Min-SNR weighting.")
         _check(self.tokenizer_vocab_size >= _MIN_TOKENIZER_VOCAB,
@@ -304,10 +338,23 @@ class TrainConfig:
         _check(not (self.cache_text_embeddings and self.train_text_encoder),
                "`cache_text_embeddings`: true cannot be combined with `train_text_encoder`: true (the embeddings "
                "change as the encoder trains).")
+        # The cache holds one (center-cropped, unflipped) view per image: random augmentations would silently stop.
+        _check(not (self.cache_latents and self.random_flip),
+               "`cache_latents`: true caches one view per image, so `random_flip`: true would never flip; set "
+               "random_flip=false, or cache_latents=false to keep the flips.")
+        # The shapes dataset is drawn square at `resolution`, so its crop is the whole image either way.
+        _check(not (self.cache_latents and not self.center_crop and self.dataset_name not in BUILTIN_DATASETS),
+               "`cache_latents`: true caches one view per image, so the random crop of `center_crop`: false would "
+               "always be the center one; set center_crop=true, or cache_latents=false to keep random crops.")
+        _check(self.eval_steps is None or self.dataset_name == "shapes",
+               f"`eval_steps`: {self.eval_steps} runs the shapes judge, which reads the built-in shapes grammar; it "
+               f"needs `dataset_name`: 'shapes' (got dataset_name={self.dataset_name!r}, "
+               f"train_data_dir={self.train_data_dir!r}), or set eval_steps=none.")
         num_train_timesteps = self.scheduler_config.get("num_train_timesteps", 1000)
-        _check(self.num_inference_steps <= num_train_timesteps,
-               f"`num_inference_steps`: {self.num_inference_steps} cannot be larger than "
-               f"`scheduler_config.num_train_timesteps`: {num_train_timesteps}.")
+        for key in ("num_inference_steps", "eval_num_inference_steps"):
+            _check(getattr(self, key) <= num_train_timesteps,
+                   f"`{key}`: {getattr(self, key)} cannot be larger than "
+                   f"`scheduler_config.num_train_timesteps`: {num_train_timesteps}.")
         for key, top_level in (("prediction_type", "prediction_type"), ("rescale_betas_zero_snr", "zero_terminal_snr")):
             _check(key not in self.scheduler_config,
                    f"`scheduler_config.{key}`: set the top-level `{top_level}` instead, so training and the "
@@ -467,12 +514,23 @@ def _is_dict_type(tp) -> bool:
     return typing.get_origin(_split_optional(tp)[0]) is dict
 
 
+def _list_item_type(tp) -> type:
+    """str or float: the element type of a list field."""
+    (item,) = typing.get_args(_split_optional(tp)[0])
+    assert item in (str, float), f"unsupported list element type {item}"  # schema invariant
+    return item
+
+
 def _type_name(tp) -> str:
     inner, optional = _split_optional(tp)
     name = "dict" if typing.get_origin(inner) is dict else getattr(inner, "__name__", str(inner))
     if typing.get_origin(inner) is list:
-        name = "list[str]"
+        name = f"list[{_list_item_type(tp).__name__}]"
     return f"{name} | None" if optional else name
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _type_error(key: str, value: Any, tp, hint: str = "") -> ValueError:
@@ -492,13 +550,14 @@ def _check_type(key: str, value: Any, tp) -> Any:
     elif inner is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif inner is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = _is_number(value)
         value = float(value) if ok else value
     elif inner is str:
         ok = isinstance(value, str)
     elif origin is list:
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-        value = list(value) if ok else value
+        item_ok = (lambda v: isinstance(v, str)) if _list_item_type(tp) is str else _is_number
+        ok = isinstance(value, (list, tuple)) and all(item_ok(v) for v in value)
+        value = [v if _list_item_type(tp) is str else float(v) for v in value] if ok else value
     elif origin is dict:
         ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
     else:
@@ -534,10 +593,17 @@ def _parse_string(key: str, text: str, tp) -> Any:
             return []
         if stripped.startswith("["):
             try:  # BaseLoader keeps every scalar a string: [yes, 1] → ["yes", "1"]
-                return yaml.load(stripped, Loader=yaml.BaseLoader)
+                items = yaml.load(stripped, Loader=yaml.BaseLoader)
             except yaml.YAMLError:
                 raise _type_error(key, text, tp, " Use YAML [a, b] or a,b.") from None
-        return [part.strip() for part in stripped.split(",")]
+        else:
+            items = [part.strip() for part in stripped.split(",")]
+        if _list_item_type(tp) is float and isinstance(items, list):
+            try:
+                return [float(item.replace("_", "")) for item in items]
+            except (AttributeError, ValueError):
+                raise _type_error(key, text, tp, " Use numbers: [1, 3.5] or 1,3.5.") from None
+        return items
     if origin is dict:
         try:
             value = yaml.load(stripped, Loader=_YAMLLoader)

@@ -3,11 +3,17 @@
 Every part is either pretrained (a local folder or a Hub id, through the classes' own `from_pretrained`) or built
 from a constructor dict in the config. Resolution order for each part: its own `pretrained_<part>` key, then
 `pretrained_model_name_or_path` with the diffusers subfolder (`vae/`, `unet/`, ...), then the `<part>_config` dict.
+
+Weights load from safetensors only, unless the config sets `allow_pickle` (a pickle can run code when loaded).
+`check_sources` looks at every pretrained source before any data or model is loaded, so a missing folder, an
+unreachable Hub id or pickle-only weights is one named error up front rather than a traceback after the dataset.
+Remote code is never trusted: no `trust_remote_code` is passed, and these classes run no code from a folder.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
@@ -16,32 +22,70 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from pipelines import DDPMScheduler
 
+from .config import is_repo_id
 from .tokenizer import train_clip_tokenizer
 
 logger = get_logger(__name__)
 
 
-def _source(config, part: str, subfolder: str) -> tuple[str | None, str | None]:
-    """(path or hub id, subfolder) to load `part` from, or (None, None) to build it from its config dict."""
+# The parts that can be pretrained: the file every such folder holds, and whether it holds weights.
+PARTS = {
+    "tokenizer": ("tokenizer_config.json", False),
+    "text_encoder": ("config.json", True),
+    "vae": ("config.json", True),
+    "unet": ("config.json", True),
+    "scheduler": ("scheduler_config.json", False),
+}
+SAFE_SUFFIXES = (".safetensors", ".safetensors.index.json")
+PICKLE_SUFFIXES = (".bin", ".bin.index.json", ".ckpt", ".pt", ".pth", ".pkl")
+
+
+def _source(config, part: str, subfolder: str | None = None) -> tuple[str | None, str | None, str | None]:
+    """(path or hub id, subfolder, the config key that named it) to load `part` from, or (None, None, None) to build
+    it from its config dict. `subfolder` defaults to the diffusers layout's: the part's name."""
     own = getattr(config, f"pretrained_{part}", None)
     if own:
-        return own, getattr(config, f"{part}_subfolder", None)
+        return own, getattr(config, f"{part}_subfolder", None), f"pretrained_{part}"
     if config.pretrained_model_name_or_path:
-        return config.pretrained_model_name_or_path, subfolder
-    return None, None
+        return config.pretrained_model_name_or_path, subfolder or part, "pretrained_model_name_or_path"
+    return None, None, None
 
 
-def _from_pretrained_kwargs(config, subfolder: str | None) -> dict:
+def _from_pretrained_kwargs(config, subfolder: str | None, weights: bool = False) -> dict:
     kwargs = {"subfolder": subfolder} if subfolder else {}
     if getattr(config, "revision", None):
         kwargs["revision"] = config.revision
+    if weights:  # models only: a tokenizer or scheduler would keep unknown kwargs in its saved config
+        # True: safetensors or an error. None (not False): safetensors where present, else the pickle; both diffusers
+        # and transformers read False as "the pickle only", which fails on a folder that has safetensors.
+        kwargs["use_safetensors"] = None if config.allow_pickle else True
+        if config.variant:
+            kwargs["variant"] = config.variant
     return kwargs
 
 
+def _from_pretrained(cls, config, part: str, path: str, subfolder: str | None, key: str, weights: bool = False):
+    """`cls.from_pretrained`, with the errors of a bad source (missing files, no safetensors, the Hub unreachable:
+    OSError in both libraries) as a ValueError naming the config key."""
+    try:
+        return cls.from_pretrained(path, **_from_pretrained_kwargs(config, subfolder, weights))
+    except OSError as error:
+        hint = ""
+        if weights and "safetensors" in str(error) and not config.allow_pickle:
+            hint = " If it has only pickled weights and you trust it, set allow_pickle=true."
+        where = f"{path!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+        raise ValueError(f"`{key}`: could not load the {part} from {where}: {_first_line(error)}{hint}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 def load_tokenizer(config, captions: Iterable[str] | None = None) -> CLIPTokenizer:
-    path, subfolder = _source(config, "tokenizer", "tokenizer")
+    path, subfolder, key = _source(config, "tokenizer")
     if path:
-        return CLIPTokenizer.from_pretrained(path, **_from_pretrained_kwargs(config, subfolder))
+        return _from_pretrained(CLIPTokenizer, config, "tokenizer", path, subfolder, key)
     if captions is None:
         raise ValueError("No pretrained tokenizer is configured, so the dataset's captions are needed to train one.")
     max_length = config.text_encoder_config.get("max_position_embeddings", 77)
@@ -50,9 +94,9 @@ def load_tokenizer(config, captions: Iterable[str] | None = None) -> CLIPTokeniz
 
 
 def load_text_encoder(config, tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    path, subfolder = _source(config, "text_encoder", "text_encoder")
+    path, subfolder, key = _source(config, "text_encoder")
     if path:
-        return CLIPTextModel.from_pretrained(path, **_from_pretrained_kwargs(config, subfolder))
+        return _from_pretrained(CLIPTextModel, config, "text encoder", path, subfolder, key, weights=True)
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -64,9 +108,9 @@ def load_text_encoder(config, tokenizer: CLIPTokenizer) -> CLIPTextModel:
 
 
 def load_vae(config) -> AutoencoderKL:
-    path, subfolder = _source(config, "vae", "vae")
+    path, subfolder, key = _source(config, "vae")
     if path:
-        return AutoencoderKL.from_pretrained(path, **_from_pretrained_kwargs(config, subfolder))
+        return _from_pretrained(AutoencoderKL, config, "VAE", path, subfolder, key, weights=True)
     logger.warning(
         "No pretrained VAE is configured: using a randomly initialised, frozen AutoencoderKL built from `vae_config`. "
         "That is fine for tests; for real models train one with scripts/train_vae.py and set `pretrained_vae`."
@@ -75,18 +119,18 @@ def load_vae(config) -> AutoencoderKL:
 
 
 def load_unet(config) -> UNet2DConditionModel:
-    path, subfolder = _source(config, "unet", "unet")
+    path, subfolder, key = _source(config, "unet")
     if path:
-        return UNet2DConditionModel.from_pretrained(path, **_from_pretrained_kwargs(config, subfolder))
+        return _from_pretrained(UNet2DConditionModel, config, "UNet", path, subfolder, key, weights=True)
     return UNet2DConditionModel(**config.unet_config)
 
 
 def load_noise_scheduler(config) -> DDPMScheduler:
     """Our DDPM scheduler, configured as training uses it; its config is what the saved pipeline records."""
-    path, subfolder = _source(config, "scheduler", "scheduler")
+    path, subfolder, key = _source(config, "scheduler")
     kwargs = dict(config.scheduler_config)
     if path:
-        base = DDPMScheduler.from_pretrained(path, **_from_pretrained_kwargs(config, subfolder))
+        base = _from_pretrained(DDPMScheduler, config, "scheduler", path, subfolder, key)
         kwargs = {**dict(base.config), **kwargs}
     kwargs["prediction_type"] = config.prediction_type
     if config.zero_terminal_snr:
@@ -96,6 +140,106 @@ def load_noise_scheduler(config) -> DDPMScheduler:
     # set_alpha_to_one) describe that sampler, not the training noise schedule.
     accepted = DDPMScheduler._get_init_keys(DDPMScheduler)
     return DDPMScheduler(**{k: v for k, v in kwargs.items() if k in accepted})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checking the sources up front
+# ---------------------------------------------------------------------------------------------------------------------
+def check_sources(config) -> None:
+    """Check every pretrained source of `config` without loading a model: a local folder exists and holds the part
+    (with safetensors weights, or pickles and `allow_pickle`); a Hub id's config file can be fetched (or is cached,
+    offline). Raises a ValueError naming the config key and value."""
+    for part, (marker, weights) in PARTS.items():
+        path, subfolder, key = _source(config, part)
+        if path:
+            _check_source(config, part, path, subfolder, key, marker, weights)
+
+
+def _check_source(config, part, path, subfolder, key, marker, weights) -> None:
+    local = Path(path).expanduser()
+    stage_one = key == "pretrained_vae" and local == Path(config.vae_output_dir).expanduser()
+    if not local.exists():
+        if stage_one:
+            raise ValueError(
+                f"`{key}`: {path!r} does not exist. It is where the VAE stage writes its model: train it first with "
+                f"`python scripts/train_vae.py --config <this config>`, then run this again."
+            )
+        if _looks_like_a_path(path):
+            raise ValueError(f"`{key}`: {path!r} does not exist (a local folder, or a Hub id such as 'org/name').")
+        _check_hub_source(config, path, subfolder, key, marker)
+        return
+    folder = local / subfolder if subfolder else local
+    if not local.is_dir():
+        raise ValueError(f"`{key}`: {path!r} is not a folder; give a folder written by save_pretrained, or a Hub id.")
+    if not folder.is_dir():
+        elsewhere = ""
+        if hasattr(config, f"pretrained_{part}"):  # the scheduler has no key of its own
+            elsewhere = f"; set `pretrained_{part}` to load it from elsewhere"
+        raise ValueError(f"`{key}`: {path!r} has no {subfolder}/ folder (the {part}){elsewhere}.")
+    if not (folder / marker).is_file():
+        hint = ""
+        if not subfolder and (local / part / marker).is_file():  # a pipeline folder given for one part
+            hint = f"; its {part}/ folder does: set {part}_subfolder={part}"
+        raise ValueError(f"`{key}`: {str(folder)!r} has no {marker}, so it holds no {part}{hint}.")
+    if weights:
+        _check_weights(config, part, folder, key)
+
+
+def _variant_of(name: str) -> str | None:
+    """"diffusion_pytorch_model.fp16.safetensors" → "fp16"; "model-00001-of-00002.safetensors" → None."""
+    for suffix in sorted(SAFE_SUFFIXES + PICKLE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            return stem.rpartition(".")[2] if "." in stem else None
+    return None
+
+
+def _check_weights(config, part: str, folder: Path, key: str) -> None:
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    safe = [n for n in files if n.endswith(SAFE_SUFFIXES)]
+    pickled = [n for n in files if n.endswith(PICKLE_SUFFIXES)]
+    if any(_variant_of(n) == config.variant for n in safe):
+        return
+    pickled_match = [n for n in pickled if _variant_of(n) == config.variant]
+    if pickled_match and config.allow_pickle:
+        return
+    variant = f" for variant={config.variant!r}" if config.variant else ""
+    if pickled_match:
+        raise ValueError(
+            f"`{key}`: {str(folder)!r} holds the {part} weights{variant} only as pickle ({', '.join(pickled_match)}), "
+            f"which can run arbitrary code when loaded. Convert them to safetensors, or set allow_pickle=true if you "
+            f"trust the source."
+        )
+    others = ", ".join(safe + pickled) or "no weight files"
+    raise ValueError(f"`{key}`: {str(folder)!r} has no {part} weights{variant} (it has {others}).")
+
+
+def _looks_like_a_path(value: str) -> bool:
+    """What cannot be a Hub id: an absolute or explicitly relative path, more than one '/', or an invalid name."""
+    return value.startswith((".", "/", "~")) or not is_repo_id(value)
+
+
+def _check_hub_source(config, repo_id: str, subfolder: str | None, key: str, marker: str) -> None:
+    """Fetch the part's small config file (from the cache when offline): the repo, revision and subfolder exist and
+    the Hub (or the cache) can be reached. The weights themselves are checked by `from_pretrained`."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logger = hub_logging.get_logger()
+    level = hub_logger.level
+    hub_logger.setLevel(hub_logging.ERROR)  # its "Retrying in 1s" lines: the error below says it in one
+    try:
+        hf_hub_download(repo_id, marker, subfolder=subfolder, revision=config.revision)
+    except (OSError, ValueError, EntryNotFoundError) as error:
+        where = f"{subfolder}/{marker}" if subfolder else marker
+        offline = " (HF_HUB_OFFLINE is set, and it is not in the local cache)" if constants.HF_HUB_OFFLINE else ""
+        raise ValueError(
+            f"`{key}`: {repo_id!r} is not a local folder, and {where} could not be fetched from it on the Hub"
+            f"{offline}: {_first_line(error)}"
+        ) from error
+    finally:
+        hub_logger.setLevel(level)
 
 
 def vae_scale_factor(vae: AutoencoderKL) -> int:

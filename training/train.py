@@ -1,7 +1,8 @@
 """Train a text-to-image latent diffusion model: `main(config)`, run by `accelerate launch scripts/train.py`.
 
 Reads top to bottom: accelerator → seed → data → models → optimizer → prepare → resume → loop → save. Everything the
-user can get wrong (config, output_dir, checkpoint, dataset) is checked before a model is built or a file written.
+user can get wrong (config, output_dir, checkpoint, pretrained sources, dataset) is checked before a model is built or
+a file written. Validation images and the shapes judge live in training/validation.py.
 
 Randomness that decides *what* a step trains on (the noise ε, the timestep t, caption dropout, the VAE's latent
 sample) is drawn from generators seeded by (seed, step, micro-step, position of the sample in the global batch).
@@ -27,8 +28,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from pipelines import LatentDiffusionPipeline
-from pipelines.pipeline_latent_diffusion import latent_shift
+from pipelines.pipeline_latent_diffusion import encode_text, latent_shift
 
 from . import checkpoint as ckpt
 from . import hub
@@ -38,6 +38,7 @@ from .data import ImageCaptionDataset, all_captions, collate_fn, load_train_data
 from .loss import diffusion_loss, training_target
 from .models import (
     check_compatible,
+    check_sources,
     freeze,
     load_noise_scheduler,
     load_text_encoder,
@@ -46,6 +47,16 @@ from .models import (
     load_vae,
 )
 from .reporting import plot_loss, save_image_grid
+from .validation import (
+    Models,
+    build_pipeline,
+    evaluate,
+    generate,
+    repeat_prompts,
+    training_dtype,
+    validate,
+    write_eval_history,
+)
 
 logger = get_logger(__name__)
 
@@ -58,10 +69,18 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     """Train per `config`; with `dry_run`, build the models and the data, report them, and write nothing."""
     output_dir = Path(config.output_dir)
 
-    # 1. Accelerator (CPU DDP when there is no GPU; see make_accelerator).
+    # 1. Accelerator (CPU DDP when there is no GPU; see make_accelerator), then the inputs that are quick to check:
+    #    the checkpoint to resume (complete, safetensors, written with these settings), the output_dir (a dry run
+    #    writes nothing, so one that holds a run is no obstacle to it), the pretrained sources, the Hub.
     accelerator = make_accelerator(config, output_dir)
+    if config.allow_tf32:  # TF32 matmuls and convolutions on Ampere+ GPUs (as diffusers' scripts); no effect on CPU
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     resume_from = ckpt.resolve_resume(config.resume_from_checkpoint, output_dir)
-    _check_output_dir(config, output_dir)
+    if resume_from is not None:
+        ckpt.check_resumable(resume_from, config, accelerator.num_processes)
+    if not dry_run:
+        _check_output_dir(config, output_dir)
+    check_sources(config)
     if config.push_to_hub:  # token, Hub reachable, namespace writable: known now rather than after training
         hub.check_push(config.hub_model_id)
 
@@ -73,6 +92,11 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     dataloader, _ = build_train_dataloader(dataset, config)
     accelerator.wait_for_everyone()  # every rank has checked its input before the main one writes anything
     if accelerator.is_main_process and not dry_run:
+        if config.overwrite_output_dir and not config.resume_from_checkpoint:
+            # The old run's checkpoints would be what `latest` resumes and what rotation keeps over this run's.
+            removed = ckpt.remove_checkpoints(output_dir)
+            if removed:
+                logger.info(f"overwrite_output_dir: removed the previous run's {', '.join(removed)}")
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
     accelerator.wait_for_everyone()
@@ -101,7 +125,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
             text_encoder.gradient_checkpointing_enable()
 
     # Frozen parts run in the mixed-precision dtype; trained parameters stay float32 (autocast handles compute).
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = training_dtype(accelerator)
     frozen = [vae] if config.train_text_encoder else [vae, text_encoder]
     for module in frozen:
         module.to(accelerator.device)
@@ -114,6 +138,8 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
             unet.parameters(),
             decay=config.ema_decay,
             use_ema_warmup=config.ema_warmup,
+            inv_gamma=config.ema_inv_gamma,
+            power=config.ema_power,
             model_cls=UNet2DConditionModel,
             model_config=unet.config,
         )
@@ -165,8 +191,11 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     if accelerator.is_main_process and config.report_to != "none":
         accelerator.init_trackers(config.tracker_project_name, config=_flat_hparams(config))
 
+    models = Models(unet, ema, vae, text_encoder, tokenizer, noise_scheduler)
+
     # 8. Resume: weights, optimizer, LR schedule and EMA from the checkpoint; data position by skipping batches.
-    global_step, history = 0, []
+    global_step, history, eval_history = 0, [], []
+    run_settings = ckpt.fingerprint(config, accelerator.num_processes)  # recorded in every checkpoint
     if resume_from is not None:
         state = ckpt.read_state(resume_from)
         accelerator.load_state(str(resume_from))
@@ -174,7 +203,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
             loaded = EMAModel.from_pretrained(str(resume_from / ckpt.EMA_FOLDER), model_cls=UNet2DConditionModel)
             ema.load_state_dict(loaded.state_dict())
             ema.to(accelerator.device)
-        global_step, history = state["global_step"], state["history"]
+        global_step, history, eval_history = state["global_step"], state["history"], state.get("eval_history", [])
         accelerator.print(f"Resumed from {resume_from} at step {global_step}")
     elif config.resume_from_checkpoint == "latest":
         accelerator.print(f"No complete checkpoint in {output_dir}; starting from scratch.")
@@ -286,18 +315,21 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
             progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{logs['lr']:.2e}")
             step_loss, step_start = 0.0, time.perf_counter()
 
-            # Validation before the checkpoint: a checkpoint at step N means all of step N's work is done, so a run
-            # killed in between redoes the validation instead of resuming past it.
-            if config.validation_steps and global_step % config.validation_steps == 0 and config.validation_prompts:
-                _validate(config, accelerator, unet, ema, vae, text_encoder, tokenizer, noise_scheduler, global_step)
+            # Validation and the judge before the checkpoint: a checkpoint at step N means all of step N's work is
+            # done, so a run killed in between redoes them instead of resuming past them.
             done = global_step >= config.max_train_steps
+            if config.validation_steps and global_step % config.validation_steps == 0 and config.validation_prompts:
+                validate(config, accelerator, models, global_step)
+            if config.eval_steps and (global_step % config.eval_steps == 0 or done):
+                evaluate(config, accelerator, models, global_step, eval_history)
             stopping = stop.requested(accelerator)
             if (config.checkpointing_steps and global_step % config.checkpointing_steps == 0) or (stopping and not done):
                 ckpt.save_checkpoint(
                     accelerator,
                     output_dir,
                     global_step,
-                    {"global_step": global_step, "history": history},
+                    {"global_step": global_step, "history": history, "eval_history": eval_history,
+                     "config": run_settings},
                     ema=ema if accelerator.is_main_process else None,
                     limit=config.checkpoints_total_limit,
                 )
@@ -321,14 +353,16 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     #     model card; then push it when asked, once the run is complete (a failed push loses nothing).
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        pipeline = _pipeline(accelerator, unet, ema, vae, text_encoder, tokenizer, noise_scheduler, use_ema=True)
+        pipeline = build_pipeline(accelerator, models, use_ema=True)
         pipeline.save_pretrained(output_dir)
         ckpt.kill_point("save", global_step)
-        images = _generate(pipeline, config) if config.validation_prompts else []
+        images = generate(pipeline, config) if config.validation_prompts else []
         if images:
-            save_image_grid(images, output_dir / "samples.png", captions=_repeat_prompts(config))
+            save_image_grid(images, output_dir / "samples.png", captions=repeat_prompts(config))
         plot_loss(history, output_dir / "loss.png")
         _write_history(history, output_dir / "loss_history.json")
+        if eval_history:
+            write_eval_history(eval_history, output_dir)
         hub.write_model_card(output_dir, config, images, accelerator.num_processes)
         accelerator.print(f"Saved the trained pipeline to {output_dir}")
     accelerator.wait_for_everyone()
@@ -454,20 +488,13 @@ def _drop_captions(captions: list[str], p: float, generators: list[torch.Generat
     return ["" if torch.rand(1, generator=g).item() < p else c for c, g in zip(captions, generators)]
 
 
-def encode_captions(captions: list[str], tokenizer, text_encoder, device=None) -> torch.Tensor:
-    """CLIP last hidden states for `captions`, padded to the tokenizer's max length — the pipeline's encoding."""
-    ids = tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    return text_encoder(ids.to(device or text_encoder.device))[0]
-
-
 def _encode_text(captions, tokenizer, text_encoder, cache, accelerator) -> torch.Tensor:
+    """The captions' CLIP embeddings exactly as the pipeline encodes prompts (`encode_text`), or from the cache."""
     if cache is not None:
         return torch.stack([cache[c] for c in captions]).to(accelerator.device)
     # A trained text encoder is DDP-wrapped and called through the wrapper so its gradients are synchronised.
     with torch.set_grad_enabled(text_encoder.training):
-        return encode_captions(captions, tokenizer, text_encoder, device=accelerator.device)
+        return encode_text(tokenizer, text_encoder, captions, accelerator.device)
 
 
 def _encode_latents(batch, vae, cache, generators, weight_dtype) -> torch.Tensor:
@@ -511,76 +538,10 @@ def _cache_text_embeddings(captions, tokenizer, text_encoder, accelerator) -> di
     cache = {}
     for start in range(0, len(unique), 64):
         chunk = unique[start : start + 64]
-        for caption, embedding in zip(chunk, encode_captions(chunk, tokenizer, text_encoder).float().cpu()):
+        embeddings = encode_text(tokenizer, text_encoder, chunk, text_encoder.device).float().cpu()
+        for caption, embedding in zip(chunk, embeddings):
             cache[caption] = embedding
     return cache
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Validation and saving
-# ---------------------------------------------------------------------------------------------------------------------
-def _pipeline(accelerator, unet, ema, vae, text_encoder, tokenizer, scheduler, use_ema: bool):
-    unet = accelerator.unwrap_model(unet)
-    if use_ema and ema is not None:
-        ema.copy_to(unet.parameters())
-    text_encoder = accelerator.unwrap_model(text_encoder)
-    for module in (vae, text_encoder):  # sampling runs in float32, whatever the training dtype of frozen parts
-        if module.dtype != torch.float32:
-            module.to(torch.float32)
-    return LatentDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-    )
-
-
-def _repeat_prompts(config) -> list[str]:
-    return [p for p in config.validation_prompts for _ in range(config.num_validation_images)]
-
-
-@torch.no_grad()
-def _generate(pipeline, config) -> list:
-    pipeline.set_progress_bar_config(disable=True)
-    seed = config.validation_seed if config.validation_seed is not None else config.seed
-    generator = torch.Generator().manual_seed(seed)
-    return pipeline(
-        _repeat_prompts(config),
-        num_inference_steps=config.num_inference_steps,
-        guidance_scale=config.guidance_scale,
-        generator=generator,
-        height=config.resolution,
-        width=config.resolution,
-    ).images
-
-
-def _validate(config, accelerator, unet, ema, vae, text_encoder, tokenizer, scheduler, step: int) -> None:
-    """Fixed prompts, fixed seed, EMA weights; the training weights are restored afterwards."""
-    if accelerator.is_main_process:
-        model = accelerator.unwrap_model(unet)
-        if ema is not None:
-            ema.store(model.parameters())
-        pipeline = _pipeline(accelerator, unet, ema, vae, text_encoder, tokenizer, scheduler, use_ema=True)
-        images = _generate(pipeline, config)
-        ckpt.kill_point("validation", step)
-        if ema is not None:
-            ema.restore(model.parameters())
-        # The VAE / text encoder were cast to float32 for sampling; put them back in the training dtype.
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-        if weight_dtype != torch.float32:
-            vae.to(dtype=weight_dtype)
-            if not config.train_text_encoder:
-                text_encoder.to(dtype=weight_dtype)
-        path = Path(config.output_dir) / "validation" / f"step-{step:06d}.png"
-        grid = save_image_grid(images, path, captions=_repeat_prompts(config))
-        for tracker in accelerator.trackers:
-            if tracker.name == "tensorboard":
-                import numpy as np
-
-                tracker.writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
-        model.train()
-    accelerator.wait_for_everyone()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

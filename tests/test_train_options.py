@@ -1,0 +1,155 @@
+"""Training options that must change what happens, each checked for its effect on configs/tiny.yaml: weight variants,
+TF32, the EMA warmup's inv_gamma/power, bf16 mixed precision, gradient checkpointing, noise offset, zero terminal SNR,
+and the text encoding training shares with the pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_components, tiny
+from diffusers import UNet2DConditionModel
+from safetensors.torch import load_file
+
+from pipelines import LatentDiffusionPipeline
+from training.models import load_unet
+from training.train import _cache_text_embeddings, _encode_text, main
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
+QUIET = ["use_ema=false", "validation_prompts=[]"]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path)
+
+
+def losses(folder: Path) -> list[float]:
+    return [h["loss"] for h in json.loads((folder / "loss_history.json").read_text())]
+
+
+class Watch:
+    """Records `probe(module)` at every forward of a `cls` module while it is installed (a global forward pre-hook:
+    it observes training, it changes nothing)."""
+
+    def __init__(self, cls, probe):
+        self.seen = []
+        self.handle = torch.nn.modules.module.register_module_forward_pre_hook(
+            lambda module, args: self.seen.append(probe(module)) if isinstance(module, cls) else None
+        )
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_variant_selects_the_weight_file(tmp_path):
+    plain, half = make_components(seed=0)["unet"], make_components(seed=1)["unet"]
+    plain.save_pretrained(tmp_path / "unet")
+    half.save_pretrained(tmp_path / "unet", variant="fp16")  # the name only: dtype stays float32
+    assert sorted(p.name for p in (tmp_path / "unet").iterdir()) == [
+        "config.json", "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors"]
+    for variant, expected in ((None, plain), ("fp16", half)):
+        config = tiny(tmp_path / "out", f"pretrained_unet={tmp_path / 'unet'}", f"variant={variant or 'none'}")
+        loaded = load_unet(config).state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in expected.state_dict().items()), variant
+
+
+def test_allow_tf32_turns_tf32_on(tmp_path):
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        main(tiny(tmp_path, "allow_tf32=false"), dry_run=True)
+        assert torch.backends.cuda.matmul.allow_tf32 is False  # false keeps torch's default
+        main(tiny(tmp_path, "allow_tf32=true"), dry_run=True)
+        assert torch.backends.cuda.matmul.allow_tf32 is True and torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_ema_warmup_follows_ema_inv_gamma_and_ema_power(tmp_path):
+    """ema_n = d_n · ema_{n-1} + (1 - d_n) · θ_n with d_n = min(ema_decay, 1 - (1 + (n - 1) / inv_gamma)^-power)
+    (diffusers' EMAModel warmup): read back from the raw and EMA weights of consecutive checkpoints."""
+    inv_gamma, power = 2.0, 0.5
+    main(tiny(tmp_path, "max_train_steps=3", "checkpointing_steps=1", "checkpoints_total_limit=none",
+              "validation_prompts=[]", "ema_warmup=true",
+              "ema_decay=0.99", f"ema_inv_gamma={inv_gamma}", f"ema_power={power}"))
+    for step in (2, 3):
+        previous = weights(tmp_path / f"checkpoint-{step - 1}" / "unet_ema" / "diffusion_pytorch_model.safetensors")
+        ema = weights(tmp_path / f"checkpoint-{step}" / "unet_ema" / "diffusion_pytorch_model.safetensors")
+        raw = weights(tmp_path / f"checkpoint-{step}" / "model.safetensors")
+        # The decay that explains the update, by least squares over all weights: ema - θ = d (previous - θ).
+        a = torch.cat([(previous[k] - raw[k]).flatten() for k in ema])
+        b = torch.cat([(ema[k] - raw[k]).flatten() for k in ema])
+        measured = float(a.double() @ b.double() / (a.double() @ a.double()))
+        expected = min(0.99, 1 - (1 + (step - 1) / inv_gamma) ** -power)
+        default = min(0.99, 1 - (1 + (step - 1) / 1.0) ** (-2 / 3))  # what the unwired defaults gave
+        assert measured == pytest.approx(expected, abs=1e-4) and abs(measured - default) > 0.1, (step, measured)
+        for k in ema:
+            assert torch.allclose(ema[k], expected * previous[k] + (1 - expected) * raw[k], atol=1e-6), k
+
+
+def test_bf16_trains_in_bf16_autocast_with_float32_parameters_and_saves_float32(tmp_path):
+    from diffusers.models.embeddings import TimestepEmbedding  # inside the UNet's forward, where accelerate autocasts
+
+    def probe(module):
+        autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        return next(module.parameters()).dtype, autocast
+
+    with Watch(TimestepEmbedding, probe) as watch:
+        main(tiny(tmp_path, "mixed_precision=bf16", "max_train_steps=2", "checkpointing_steps=2", *QUIET))
+    assert watch.seen == [(torch.float32, torch.bfloat16)] * 2  # master weights fp32, compute in bf16
+    assert all(v > 0 and v == v for v in losses(tmp_path))
+    for name in ("checkpoint-2/model.safetensors", "checkpoint-2/model_1.safetensors",  # trained UNet, text encoder
+                 "unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                 "vae/diffusion_pytorch_model.safetensors"):  # the frozen VAE ran in bf16, and is saved float32
+        assert {t.dtype for t in weights(tmp_path / name).values()} == {torch.float32}, name
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path):
+    runs = {}
+    for flag in ("false", "true"):
+        with Watch(UNet2DConditionModel, lambda unet: unet.is_gradient_checkpointing) as watch:
+            runs[flag] = main(tiny(tmp_path / flag, f"gradient_checkpointing={flag}", "max_train_steps=3", *QUIET))
+        assert set(watch.seen) == {flag == "true"}
+    a, b = (weights(runs[f] / "unet" / "diffusion_pytorch_model.safetensors") for f in ("false", "true"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert losses(runs["false"]) == pytest.approx(losses(runs["true"]), rel=1e-6)
+
+
+def test_noise_offset_changes_the_loss(tmp_path):
+    """The offset adds a per-channel constant to ε (variance 1 + offset²): the untrained model's first loss grows."""
+    plain = losses(main(tiny(tmp_path / "plain", "max_train_steps=2", *QUIET)))
+    offset = losses(main(tiny(tmp_path / "offset", "noise_offset=0.5", "max_train_steps=2", *QUIET)))
+    assert offset[0] > 1.1 * plain[0], (plain, offset)
+
+
+def test_zero_terminal_snr_is_saved_with_trailing_timesteps(tmp_path):
+    main(tiny(tmp_path, "zero_terminal_snr=true", "prediction_type=v_prediction", "max_train_steps=1", *QUIET))
+    saved = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["rescale_betas_zero_snr"] is True and saved["timestep_spacing"] == "trailing"
+    assert saved["prediction_type"] == "v_prediction"
+    scheduler = LatentDiffusionPipeline.from_pretrained(tmp_path).scheduler
+    assert scheduler.alphas_cumprod[-1] < 1e-6  # ᾱ_T ≈ 0: the last step is pure noise
+    scheduler.set_timesteps(4)
+    assert scheduler.timesteps[0] == scheduler.config.num_train_timesteps - 1  # sampling starts at T
+
+
+def test_training_encodes_captions_exactly_as_the_pipeline(components):
+    from accelerate import Accelerator
+
+    components["text_encoder"].config.use_attention_mask = True  # diffusers reads it; training used to ignore it
+    pipe = LatentDiffusionPipeline(**components)
+    captions = ["a small red circle on a white background", "", "a large cyan triangle on a gray background"]
+    accelerator = Accelerator(cpu=True)
+    expected = pipe.encode_prompt(captions, "cpu", do_classifier_free_guidance=False)[0]
+    trained = _encode_text(captions, pipe.tokenizer, pipe.text_encoder, None, accelerator)
+    cached = _cache_text_embeddings(captions, pipe.tokenizer, pipe.text_encoder, accelerator)
+    assert torch.equal(trained, expected)
+    assert all(torch.equal(cached[c], e) for c, e in zip(captions, expected))
+    components["text_encoder"].config.use_attention_mask = False  # the mask matters: without it, other embeddings
+    assert not torch.equal(_encode_text(captions, pipe.tokenizer, pipe.text_encoder, None, accelerator), expected)
