@@ -79,15 +79,16 @@ def latent_shift(vae_config) -> float | None:
 
 def encode_text(
     tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, texts: list[str], device: torch.device,
-    max_length: int | None = None,
+    max_length: int | None = None, text_encoder_config: Any = None,
 ) -> torch.Tensor:
     """CLIP last hidden states of `texts`, padded to `max_length` tokens (the tokenizer's maximum by default), with
     the attention mask when the text encoder's config asks for one (`use_attention_mask`, as diffusers reads it).
-    The one text encoding of sculpt: the pipelines' prompts and training's captions both go through it."""
+    The one text encoding of sculpt: the pipelines' prompts and training's captions both go through it (training
+    passes `text_encoder_config`, since a text encoder wrapped for DDP has no `config` of its own)."""
     max_length = max_length or tokenizer.model_max_length
     tokens = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     attention_mask = None
-    if getattr(text_encoder.config, "use_attention_mask", False):
+    if getattr(text_encoder_config or text_encoder.config, "use_attention_mask", False):
         attention_mask = tokens.attention_mask.to(device)
     return text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
 

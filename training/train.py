@@ -493,8 +493,9 @@ def _encode_text(captions, tokenizer, text_encoder, cache, accelerator) -> torch
     if cache is not None:
         return torch.stack([cache[c] for c in captions]).to(accelerator.device)
     # A trained text encoder is DDP-wrapped and called through the wrapper so its gradients are synchronised.
+    config = accelerator.unwrap_model(text_encoder).config
     with torch.set_grad_enabled(text_encoder.training):
-        return encode_text(tokenizer, text_encoder, captions, accelerator.device)
+        return encode_text(tokenizer, text_encoder, captions, accelerator.device, text_encoder_config=config)
 
 
 def _encode_latents(batch, vae, cache, generators, weight_dtype) -> torch.Tensor:
