@@ -11,8 +11,6 @@ Everything but stage 4 (image → noised latents) is the text-to-image pipeline'
 
 from __future__ import annotations
 
-import PIL.Image
-import numpy as np
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
@@ -20,31 +18,10 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from .image_inputs import ImagesInfo, describe_images, is_tensor_input
 from .pipeline_latent_diffusion import LatentDiffusionPipeline, StepEndCallback, latent_shift
 
 logger = logging.get_logger(__name__)
-
-
-def image_size(image: PipelineImageInput) -> tuple[int, int]:
-    """(height, width) of a PIL image, an HWC / NHWC array, a CHW / NCHW tensor, or a list of them (the first)."""
-    if isinstance(image, list):
-        image = image[0]
-    if isinstance(image, PIL.Image.Image):
-        return image.height, image.width
-    if isinstance(image, np.ndarray):
-        return (image.shape[0], image.shape[1]) if image.ndim <= 3 else (image.shape[1], image.shape[2])
-    return tuple(image.shape[-2:])
-
-
-def _num_images(image: PipelineImageInput) -> int:
-    if isinstance(image, list):
-        return len(image)
-    return image.shape[0] if getattr(image, "ndim", 3) == 4 else 1
-
-
-def _is_image(image) -> bool:
-    kinds = (PIL.Image.Image, np.ndarray, torch.Tensor)
-    return isinstance(image, kinds) or (isinstance(image, list) and bool(image) and isinstance(image[0], kinds))
 
 
 class LatentDiffusionImg2ImgPipeline(LatentDiffusionPipeline):
@@ -52,7 +29,8 @@ class LatentDiffusionImg2ImgPipeline(LatentDiffusionPipeline):
     `LatentDiffusionImg2ImgPipeline(**pipe.components)` turns a text-to-image pipeline into this one.
 
     `image` is a PIL image, a numpy array in [0, 1] (HWC or NHWC), a tensor in [-1, 1] (CHW or NCHW, the VAE's own
-    range), or a list of these; one image for all prompts, one per prompt, or one per generated image.
+    range), or a list of one of these kinds, all of one size; one image for all prompts, one per prompt, or one per
+    generated image.
     """
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
@@ -66,14 +44,11 @@ class LatentDiffusionImg2ImgPipeline(LatentDiffusionPipeline):
     # ------------------------------------------------------------------------------------------------------------
     # Checks
     # ------------------------------------------------------------------------------------------------------------
-    def check_image(self, image: PipelineImageInput | None) -> None:
-        """`image` alone; checked first because the default height and width come from it."""
-        if image is None or not _is_image(image):
-            raise ValueError(
-                f"`image`: got {type(image).__name__}; pass a PIL image, a numpy array in [0, 1], a tensor in "
-                f"[-1, 1], or a list of them."
-            )
-        if isinstance(image, torch.Tensor) or (isinstance(image, list) and isinstance(image[0], torch.Tensor)):
+    def check_image(self, image: PipelineImageInput | None) -> ImagesInfo:
+        """`image` alone (pipelines/image_inputs.py says what is accepted); checked first because the default height
+        and width come from it. Returns how many images it holds and their size."""
+        images = describe_images(image, "image", channels=self.vae.config.in_channels)
+        if is_tensor_input(image):
             tensors = image if isinstance(image, list) else [image]
             lo, hi = min(t.min().item() for t in tensors), max(t.max().item() for t in tensors)
             if lo < -1 - 1e-3 or hi > 1 + 1e-3:
@@ -81,26 +56,19 @@ class LatentDiffusionImg2ImgPipeline(LatentDiffusionPipeline):
                     f"`image`: tensor values span [{lo:.3g}, {hi:.3g}]; tensors must be in [-1, 1] (PIL images and "
                     f"numpy arrays in [0, 1] are converted for you)."
                 )
-        first = image[0] if isinstance(image, list) else image
-        if not isinstance(first, PIL.Image.Image):  # PIL images are converted to RGB
-            channels = first.shape[-3] if isinstance(first, torch.Tensor) else first.shape[-1]
-            if first.ndim < 3 or channels != self.vae.config.in_channels:
-                layout = "(N)CHW" if isinstance(first, torch.Tensor) else "(N)HWC"
-                raise ValueError(
-                    f"`image`: shape {tuple(first.shape)} is not {layout} with {self.vae.config.in_channels} channels, "
-                    f"the VAE's input."
-                )
+        return images
 
     def check_image_inputs(
         self,
-        image: PipelineImageInput,
+        images: ImagesInfo,
         strength: float,
         num_inference_steps: int,
         timesteps: list[int] | None,
         batch_size: int,
         num_images_per_prompt: int,
     ) -> None:
-        """The img2img arguments but `image` itself (`check_image`); `check_inputs` covers the rest."""
+        """The img2img arguments but `image` itself (`check_image`, whose result `images` is); `check_inputs` covers
+        the rest."""
         if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise ValueError(f"`strength`: {strength!r} must be in (0, 1].")
         num_steps = len(timesteps) if timesteps is not None else num_inference_steps
@@ -109,20 +77,20 @@ class LatentDiffusionImg2ImgPipeline(LatentDiffusionPipeline):
                 f"`strength`: {strength} of {num_steps} steps leaves int({num_steps} * {strength}) = 0 denoising "
                 f"steps; raise `strength` or `num_inference_steps` so that their product is at least 1."
             )
-        num_images = _num_images(image)
         total = batch_size * num_images_per_prompt
-        if num_images not in (1, batch_size, total):
+        if images.count not in (1, batch_size, total):
             raise ValueError(
-                f"`image`: got {num_images} images for {batch_size} prompts x {num_images_per_prompt} images per "
+                f"`image`: got {images.count} images for {batch_size} prompts x {num_images_per_prompt} images per "
                 f"prompt; pass 1, {batch_size} or {total} images."
             )
 
     # ------------------------------------------------------------------------------------------------------------
     # Image → latents
     # ------------------------------------------------------------------------------------------------------------
-    def image_height_width(self, image: PipelineImageInput, height: int | None, width: int | None) -> tuple[int, int]:
-        """Height and width default to the image's, rounded down to whole latent pixels (as diffusers does)."""
-        image_height, image_width = image_size(image)
+    def image_height_width(self, images: ImagesInfo, height: int | None, width: int | None) -> tuple[int, int]:
+        """Height and width default to the images' (`check_image`), rounded down to whole latent pixels (as diffusers
+        does)."""
+        image_height, image_width = images.size
         height = image_height - image_height % self.vae_scale_factor if height is None else height
         width = image_width - image_width % self.vae_scale_factor if width is None else width
         if (height, width) != (image_height, image_width):
@@ -131,8 +99,7 @@ class LatentDiffusionImg2ImgPipeline(LatentDiffusionPipeline):
 
     def preprocess_image(self, image: PipelineImageInput, height: int, width: int) -> torch.Tensor:
         """NCHW float tensor in [-1, 1] of size (height, width)."""
-        is_tensor = isinstance(image, torch.Tensor) or (isinstance(image, list) and isinstance(image[0], torch.Tensor))
-        processor = self.tensor_image_processor if is_tensor else self.image_processor
+        processor = self.tensor_image_processor if is_tensor_input(image) else self.image_processor
         image = processor.preprocess(image, height=height, width=width)
         return image
 
@@ -214,15 +181,15 @@ class LatentDiffusionImg2ImgPipeline(LatentDiffusionPipeline):
         )
 
         # 1. Check inputs; the default size is the image's, rounded down to whole latent pixels.
-        self.check_image(image)
-        height, width = self.image_height_width(image, height, width)
+        images = self.check_image(image)
+        height, width = self.image_height_width(images, height, width)
         self.check_inputs(
             prompt, height, width, num_inference_steps, timesteps, guidance_scale, guidance_rescale,
             negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt, generator, output_type,
             callback_on_step_end, callback_on_step_end_tensor_inputs,
         )  # fmt: skip
         num_prompts = self.batch_size_of(prompt, prompt_embeds)
-        self.check_image_inputs(image, strength, num_inference_steps, timesteps, num_prompts, num_images_per_prompt)
+        self.check_image_inputs(images, strength, num_inference_steps, timesteps, num_prompts, num_images_per_prompt)
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
         self._interrupt = False

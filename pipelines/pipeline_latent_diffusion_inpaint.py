@@ -24,8 +24,9 @@ from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .image_inputs import ImagesInfo, describe_images
 from .pipeline_latent_diffusion import StepEndCallback
-from .pipeline_latent_diffusion_img2img import LatentDiffusionImg2ImgPipeline, _is_image, _num_images, image_size
+from .pipeline_latent_diffusion_img2img import LatentDiffusionImg2ImgPipeline
 
 
 class LatentDiffusionInpaintPipeline(LatentDiffusionImg2ImgPipeline):
@@ -41,21 +42,16 @@ class LatentDiffusionInpaintPipeline(LatentDiffusionImg2ImgPipeline):
             vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_binarize=True, do_convert_grayscale=True
         )
 
-    def check_mask_inputs(self, image: PipelineImageInput, mask_image: PipelineImageInput | None) -> None:
-        if mask_image is None or not _is_image(mask_image):
+    def check_mask_inputs(self, images: ImagesInfo, mask_image: PipelineImageInput | None) -> None:
+        """`mask_image` against `images`, what `check_image` found in `image`; and the UNet."""
+        masks = describe_images(mask_image, "mask_image", channels=1, mask=True)
+        if masks.size != images.size:
             raise ValueError(
-                f"`mask_image`: got {type(mask_image).__name__}; pass a PIL image, numpy array or tensor in [0, 1] "
-                f"(1 = repaint, 0 = keep)."
+                f"`mask_image`: size {masks.size} (height, width) must equal the size of `image`: {images.size}."
             )
-        if image_size(mask_image) != image_size(image):
+        if masks.count not in (1, images.count):
             raise ValueError(
-                f"`mask_image`: size {image_size(mask_image)} (height, width) must equal the size of `image`: "
-                f"{image_size(image)}."
-            )
-        if _num_images(mask_image) not in (1, _num_images(image)):
-            raise ValueError(
-                f"`mask_image`: got {_num_images(mask_image)} masks for {_num_images(image)} images; pass one mask, "
-                f"or one per image."
+                f"`mask_image`: got {masks.count} masks for {images.count} images; pass one mask, or one per image."
             )
         if self.unet.config.in_channels != self.vae.config.latent_channels:
             raise ValueError(
@@ -107,16 +103,16 @@ class LatentDiffusionInpaintPipeline(LatentDiffusionImg2ImgPipeline):
         )
 
         # 1. Check inputs; the default size is the image's, rounded down to whole latent pixels.
-        self.check_image(image)
-        height, width = self.image_height_width(image, height, width)
+        images = self.check_image(image)
+        height, width = self.image_height_width(images, height, width)
         self.check_inputs(
             prompt, height, width, num_inference_steps, timesteps, guidance_scale, guidance_rescale,
             negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt, generator, output_type,
             callback_on_step_end, callback_on_step_end_tensor_inputs,
         )  # fmt: skip
         num_prompts = self.batch_size_of(prompt, prompt_embeds)
-        self.check_image_inputs(image, strength, num_inference_steps, timesteps, num_prompts, num_images_per_prompt)
-        self.check_mask_inputs(image, mask_image)
+        self.check_image_inputs(images, strength, num_inference_steps, timesteps, num_prompts, num_images_per_prompt)
+        self.check_mask_inputs(images, mask_image)
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
         self._interrupt = False

@@ -562,25 +562,54 @@ def test_bad_input_raises_before_any_model_runs(tiny, kind, kwargs, match):
     assert not calls, "a model ran before the argument check"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(AssertionError, AttributeError),
-    reason="pipelines/*: image and mask counts are the length of a list, not the images in it, and lists are not "
-    "checked for one kind of image; these pass the checks and fail after the text encoder ran (AssertionError "
-    "'checked by check_image_inputs' in _expand, or AttributeError in the image processor). Reported, not fixed "
-    "here: the pipelines are not this test file's to change. Remove the mark once they raise ValueError up front.",
-)
+# Lists count the images in them (a list may hold batches, as diffusers' image processor allows), hold one kind of
+# image, and one size: each of these used to pass the checks and fail, or resize silently, after the text encoder ran.
+IMAGE_LIST_CASES = [
+    ("img2img", {"image": [torch.zeros(2, 3, 32, 32)]}, r"`image`: got 2 images for 1 prompts"),
+    ("inpaint", {"mask_image": [torch.zeros(2, 1, 32, 32)]}, r"`mask_image`: got 2 masks for 1 images"),
+    ("inpaint", {"mask_image": np.zeros((3, 32, 32))}, r"`mask_image`: got 3 masks for 1 images"),  # (N, H, W)
+    ("img2img", {"prompt": [PROMPT, PROMPT], "image": [gradient_image(), np.zeros((32, 32, 3))]},
+     r"`image`: a list mixing PIL images and numpy arrays; pass a list of one kind"),
+    ("inpaint", {"mask_image": [torch.zeros(1, 32, 32), right_half_mask()]},
+     r"`mask_image`: a list mixing PIL images and tensors; pass a list of one kind"),
+    ("img2img", {"prompt": [PROMPT, PROMPT], "image": [gradient_image(), gradient_image().resize((16, 16))]},
+     r"`image`: the list holds images of sizes \[\(16, 16\), \(32, 32\)\] .* resized to \(32, 32\), the first"),
+    ("img2img", {"prompt": [PROMPT, PROMPT], "image": [np.zeros((32, 32, 3)), np.zeros((32, 16, 3))]},
+     r"`image`: the list holds images of sizes \[\(32, 16\), \(32, 32\)\]"),
+    ("inpaint", {"prompt": [PROMPT, PROMPT], "image": [gradient_image()] * 2,
+                 "mask_image": [right_half_mask(), right_half_mask().resize((32, 16))]},
+     r"`mask_image`: the list holds images of sizes \[\(16, 32\), \(32, 32\)\]"),
+    ("img2img", {"prompt": [PROMPT, PROMPT], "image": [torch.zeros(3, 32, 32), torch.zeros(1, 3, 32, 32)]},
+     r"`image`: a list of arrays or tensors with \[3, 4\] dimensions"),
+    ("img2img", {"image": [gradient_image(), "cat.png"]}, r"`image`: got a list of \['Image', 'str'\]; pass a PIL"),
+    ("img2img", {"image": []}, r"`image`: got an empty list; pass a PIL image"),
+    ("img2img", {"image": torch.zeros(1, 1, 3, 32, 32)}, r"`image`: shape \(1, 1, 3, 32, 32\) has 5 dimensions"),
+    ("inpaint", {"mask_image": torch.zeros(1, 3, 32, 32)},
+     r"`mask_image`: shape \(1, 3, 32, 32\) is not \(N\)CHW with 1 channel, a single-channel mask"),
+]
+
+
 @pytest.mark.parametrize(
-    "kind,kwargs,match",
-    [
-        ("img2img", {"image": [torch.zeros(2, 3, 32, 32)]}, r"`image`: got 2 images for 1 prompts"),
-        ("inpaint", {"mask_image": [torch.zeros(2, 1, 32, 32)]}, r"`mask_image`: got 2 masks for 1 images"),
-        ("img2img", {"prompt": [PROMPT, PROMPT], "image": [gradient_image(), np.zeros((32, 32, 3))]}, r"`image`"),
-    ],
-    ids=["list_of_batched_images", "list_of_batched_masks", "list_of_pil_and_numpy"],
+    "kind,kwargs,match", IMAGE_LIST_CASES, ids=[m.split(";")[0][:40] for _, _, m in IMAGE_LIST_CASES]
 )
-def test_image_lists_the_checks_miss(tiny, kind, kwargs, match):
+def test_image_lists_are_checked_before_any_model_runs(tiny, kind, kwargs, match):
     test_bad_input_raises_before_any_model_runs(tiny, kind, kwargs, match)
+
+
+def test_images_and_masks_count_the_same_in_any_accepted_form(tiny):
+    """Two images and two masks as batches, as a list holding a batch, and as lists of single images (PIL masks and
+    an (N, H, W) array of masks, as diffusers' mask processor reads one): the same images come out."""
+    pipe = ours(LatentDiffusionInpaintPipeline, parts(tiny, "ddim"))
+    pixels = torch.from_numpy(np.asarray(gradient_image()).astype(np.float32) / 255).permute(2, 0, 1) * 2 - 1
+    images = torch.stack([pixels, pixels.flip(-1)])  # (2, 3, 32, 32) in [-1, 1]
+    masks = np.zeros((2, 32, 32), dtype=np.float32)
+    masks[0, :, 16:] = masks[1, :16] = 1
+    mask_images = [PIL.Image.fromarray((m * 255).astype(np.uint8)) for m in masks]
+    kwargs = {"prompt": [PROMPT, "a green triangle"], "num_inference_steps": 2, "output_type": "np"}
+    reference = pipe(**kwargs, image=images, mask_image=torch.from_numpy(masks)[:, None], generator=gen(0)).images
+    for image, mask_image in [([images], masks), (list(images), mask_images), (list(images), [masks[..., None]])]:
+        np.testing.assert_array_equal(pipe(**kwargs, image=image, mask_image=mask_image, generator=gen(0)).images,
+                                      reference)  # fmt: skip
 
 
 def test_long_prompt_is_truncated_with_a_warning(tiny, caplog):
