@@ -23,6 +23,9 @@ What diffusers does not do, and this module does:
       `trust_remote_code`) even though the class was named. `config_for_class` / `installed_components` let a
       pipeline class that is installed load with its own code, and run none from the folder.
 
+`PortableFolderMixin` gives the pipelines `save_pretrained` / `push_to_hub` / `from_pretrained` that do all this, and
+that load weights from safetensors only unless the caller opts in.
+
 This file is shipped too (inlined into every pipeline file), so it imports only the standard library and diffusers.
 """
 
@@ -32,7 +35,9 @@ import ast
 import importlib
 import importlib.util
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +282,122 @@ def installed_components(cls: type, init_dict: dict[str, Any]) -> dict[str, Any]
                     entry = [installed, class_name]
         resolved[name] = entry
     return resolved
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The pipelines' own saving and loading
+# ---------------------------------------------------------------------------------------------------------------------
+# The weight files of a model folder: safetensors, and the pickle formats that `use_safetensors=True` refuses.
+_SAFE_SUFFIXES = (".safetensors", ".safetensors.index.json")
+_PICKLE_SUFFIXES = (".bin", ".bin.index.json", ".ckpt", ".pt", ".pth")
+
+
+def _pickle_only_parts(folder: Path) -> list[str]:
+    """The components of a local pipeline folder (model_index.json's entries) whose weights are pickles only, each
+    as its first pickle file: ["unet/diffusion_pytorch_model.bin", ...]."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return []
+    components = [k for k, v in json.loads(index.read_text()).items() if not k.startswith("_") and isinstance(v, list)]
+    found = []
+    for part in sorted(folder / name for name in components if (folder / name).is_dir()):
+        names = [f.name for f in part.iterdir() if f.is_file()]
+        pickled = sorted(n for n in names if n.endswith(_PICKLE_SUFFIXES))
+        if pickled and not any(n.endswith(_SAFE_SUFFIXES) for n in names):
+            found.append(f"{part.name}/{pickled[0]}")
+    return found
+
+
+class PortableFolderMixin:
+    """`save_pretrained`, `push_to_hub` and `from_pretrained` of sculpt's pipelines, placed before `DiffusionPipeline`
+    in their bases: a saved folder carries its code (`save_code`), and loading reads weights from safetensors only
+    unless the caller opts in, and runs no code from the folder (`config_for_class`, `installed_components`)."""
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
+        **kwargs,
+    ) -> None:
+        """diffusers' `save_pretrained` (safetensors weights, configs), then the code the folder needs, so that
+        `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads it where sculpt is not installed.
+
+        With `push_to_hub`, the finished folder is uploaded afterwards (diffusers would upload it before the code is
+        written); `repo_id` (default: the folder's name), `token`, `private`, `commit_message` and `create_pr` are
+        diffusers' keyword arguments.
+        """
+        push_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message", "create_pr")
+                       if k in kwargs}  # fmt: skip
+        super().save_pretrained(
+            save_directory, safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size,
+            **kwargs,
+        )  # fmt: skip
+        save_code(self, save_directory)
+        if push_to_hub:
+            repo_id = push_kwargs.pop("repo_id", Path(save_directory).name)
+            push_saved_folder(self, save_directory, repo_id, **push_kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+    ) -> Any:
+        """diffusers' `push_to_hub` (save to a temporary folder, upload it), through our `save_pretrained`, so that
+        what is uploaded is the self-contained folder with a card that says how to load it."""
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant)
+            return push_saved_folder(
+                self, folder, repo_id, token=token, private=private, commit_message=commit_message, create_pr=create_pr
+            )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> Any:
+        """diffusers' `from_pretrained`, safe by default: weights load from safetensors only, and a folder whose
+        weights are pickles (which can run code when loaded) is refused with a ValueError naming them. Pass
+        `use_safetensors=False` to allow pickles for a source you trust (safetensors are still used where present).
+        `trust_remote_code` is never set here: the installed classes load the folder, and diffusers refuses a
+        component whose code exists only in the folder unless the caller passes it."""
+        use_safetensors = kwargs.pop("use_safetensors", None)
+        if use_safetensors is False:
+            # diffusers and transformers read False as "pickles only", which fails on parts saved as safetensors;
+            # None is "safetensors where present, else the pickle".
+            return super().from_pretrained(pretrained_model_name_or_path, use_safetensors=None, **kwargs)
+        folder = Path(pretrained_model_name_or_path).expanduser()
+        if folder.is_dir():
+            pickled = _pickle_only_parts(folder)
+            if pickled:
+                raise ValueError(
+                    f"`pretrained_model_name_or_path`: {str(pretrained_model_name_or_path)!r} holds weights only as "
+                    f"pickle ({', '.join(pickled)}), which can run arbitrary code when loaded. Convert them to "
+                    f"safetensors, or pass use_safetensors=False if you trust the folder."
+                )
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, use_safetensors=True, **kwargs)
+        except OSError as error:
+            if "safetensors" not in str(error):
+                raise
+            raise ValueError(
+                f"`pretrained_model_name_or_path`: {str(pretrained_model_name_or_path)!r} has no safetensors weights "
+                f"for every part ({str(error).strip().splitlines()[0]}); pass use_safetensors=False to load pickled "
+                f"weights if you trust the source."
+            ) from error
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
+        # diffusers reads model_index.json through this in `from_pretrained` and `download`: loading with this
+        # class uses this class, not the one the folder ships (which would need `trust_remote_code`).
+        return config_for_class(cls, super()._dict_from_json_file(json_file))
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs):
+        # `from_pretrained`'s component entries: an installed class loads our scheduler from the installed package.
+        init_dict, unused_kwargs, hidden_dict = super().extract_init_dict(config_dict, **kwargs)
+        return installed_components(cls, init_dict), unused_kwargs, hidden_dict
