@@ -2,6 +2,7 @@
 existing run's folder, checkpoints and resumes bit for bit, stops cleanly on SIGTERM and stops on a NaN loss, as the
 diffusion stage does."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -178,3 +179,71 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
         assert_same_tensors(tensors(tmp_path / "checkpoint-1" / "model.safetensors"),
                             tensors(tmp_path / "checkpoint-2" / "model.safetensors"), "skipped step")
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back on the way out
+
+
+# ---- vae_output_dir: overwrite, and resuming only the run a checkpoint belongs to -----------------------------------
+
+
+def test_overwrite_removes_the_old_vae_runs_checkpoints_so_latest_resumes_only_the_new_run(tmp_path, capsys):
+    """Run A, then run B with overwrite_output_dir, then `latest`: before, A's checkpoint-4 outlived B's rotation (it
+    was "newest") and `latest` resumed A, whatever the settings."""
+    a = ["vae_max_train_steps=4", "checkpointing_steps=2"]
+    b = ["vae_max_train_steps=2", "checkpointing_steps=1", "checkpoints_total_limit=2", "vae_learning_rate=5e-4"]
+    main(vae_config(tmp_path, *a))
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
+    main(vae_config(tmp_path, *b, "overwrite_output_dir=true"))
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    b_weights = tensors(tmp_path / "diffusion_pytorch_model.safetensors")
+    capsys.readouterr()
+
+    # B's checkpoint resumes with B's settings, also when keys only the diffusion stage reads differ.
+    main(vae_config(tmp_path, *b, "resume_from_checkpoint=latest", "learning_rate=0.5", "cfg_dropout=0.5"))
+    assert f"Resumed from {tmp_path / 'checkpoint-2'} at step 2" in capsys.readouterr().out
+    assert_same_tensors(b_weights, tensors(tmp_path / "diffusion_pytorch_model.safetensors"), "B saved again")
+    # A's settings cannot continue it: the key that differs is named.
+    with pytest.raises(ValueError, match=r"`resume_from_checkpoint`: .*checkpoint-2' was written by a run with other "
+                                         r"settings: vae_learning_rate: 0\.0005 there, 0\.001 now\. Resume with the "
+                                         r"settings it was written with, or start a new run \(another vae_output_dir"):
+        main(vae_config(tmp_path, *a, "resume_from_checkpoint=latest"))
+
+
+def test_vae_checkpoints_record_the_settings_of_the_vae_stage(tmp_path):
+    """The VAE stage's own resumable keys: its batch size, learning rate, KL weight and vae_config decide what it
+    trains (the diffusion stage may change them); the diffusion-only keys do not."""
+    from training import checkpoint as ckpt
+    from training.config import RESUMABLE_CHANGES, VAE_RESUMABLE_CHANGES, TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert VAE_RESUMABLE_CHANGES <= fields and RESUMABLE_CHANGES <= fields
+    config = vae_config(tmp_path)
+    checkpoint = tmp_path / "checkpoint-3"
+    checkpoint.mkdir()
+    settings = ckpt.fingerprint(config, 1, VAE_RESUMABLE_CHANGES)
+    (checkpoint / ckpt.STATE_FILE).write_text(json.dumps({"global_step": 3, "config": settings}))
+    # The diffusion stage records the other way round: the VAE stage's keys may change, its own may not.
+    diffusion_settings = ckpt.fingerprint(config, 1)
+    for key in ("kl_weight", "vae_train_batch_size", "vae_learning_rate"):
+        assert key in settings and key not in diffusion_settings
+    for key in ("unet_config", "learning_rate", "train_batch_size", "cfg_dropout"):
+        assert key in diffusion_settings and key not in settings
+
+    def check(*overrides: str) -> None:
+        ckpt.check_resumable(checkpoint, vae_config(tmp_path, *overrides), 1, resumable=VAE_RESUMABLE_CHANGES,
+                             ema_folder=EMA_FOLDER, output_key="vae_output_dir")  # fmt: skip
+
+    for override, named in [("kl_weight=0.5", r"kl_weight: 1e-06 there, 0\.5 now"),
+                            ("vae_train_batch_size=2", r"vae_train_batch_size: 4 there, 2 now"),
+                            ("vae_learning_rate=0.1", r"vae_learning_rate: 0\.001 there, 0\.1 now"),
+                            ("vae_config.layers_per_block=2", r"vae_config\.layers_per_block: 1 there, 2 now"),
+                            ("seed=3", r"seed: 0 there, 3 now")]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"other settings: {named}\. .*another vae_output_dir"):
+            check(override)
+    check("vae_max_train_steps=99", "checkpointing_steps=7", "learning_rate=0.5", "max_train_steps=3",
+          "unet_config.layers_per_block=3", "cfg_dropout=0.5", "train_batch_size=2", "tokenizer_vocab_size=700")
+
+    # A pickled EMA in the VAE stage's own EMA folder is refused like the diffusion stage's.
+    (checkpoint / EMA_FOLDER).mkdir()
+    (checkpoint / EMA_FOLDER / "diffusion_pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(ValueError, match=rf"holds model weights only as pickle \({EMA_FOLDER}/diffusion_pytorch_model"):
+        check()
+    check("allow_pickle=true")

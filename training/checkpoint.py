@@ -90,31 +90,34 @@ def verify(checkpoint: Path) -> str | None:
     return None
 
 
-def fingerprint(config, num_processes: int) -> dict:
-    """The settings of `config` that decide what is trained (all keys but RESUMABLE_CHANGES), as JSON values, with
-    the number of processes the run was launched with (it sets the effective batch)."""
-    values = {k: v for k, v in config_to_dict(config).items() if k not in RESUMABLE_CHANGES}
+def fingerprint(config, num_processes: int, resumable: frozenset[str] = RESUMABLE_CHANGES) -> dict:
+    """The settings of `config` that decide what is trained (all keys but `resumable`: the diffusion stage's
+    RESUMABLE_CHANGES, or the VAE stage's VAE_RESUMABLE_CHANGES), as JSON values, with the number of processes the run
+    was launched with (it sets the effective batch)."""
+    values = {k: v for k, v in config_to_dict(config).items() if k not in resumable}
     return json.loads(json.dumps({**values, "num_processes": num_processes}))
 
 
-def check_resumable(checkpoint: Path, config, num_processes: int) -> None:
+def check_resumable(checkpoint: Path, config, num_processes: int, resumable: frozenset[str] = RESUMABLE_CHANGES,
+                    ema_folder: str = EMA_FOLDER, output_key: str = "output_dir") -> None:
     """Refuse to resume from `checkpoint` when it was written with other settings (naming the keys that differ) or
-    holds model weights only as pickles and `config.allow_pickle` is not set."""
+    holds model weights only as pickles and `config.allow_pickle` is not set. `resumable`, `ema_folder` and
+    `output_key` are the stage's (the defaults are the diffusion stage's)."""
     recorded = read_state(checkpoint).get("config")
     if recorded is None:
         logger.warning(f"{checkpoint} records no settings (written by an older sculpt); cannot check that it is from "
                        f"this config.", main_process_only=True)
     else:
-        differ = _differences(recorded, fingerprint(config, num_processes))
+        differ = _differences(recorded, fingerprint(config, num_processes, resumable))
         if differ:
             details = "; ".join(f"{k}: {_short(there)} there, {_short(now)} now" for k, there, now in differ[:6])
             more = f" (and {len(differ) - 6} more)" if len(differ) > 6 else ""
             raise ValueError(
                 f"`resume_from_checkpoint`: {str(checkpoint)!r} was written by a run with other settings: {details}"
-                f"{more}. Resume with the settings it was written with, or start a new run (another output_dir, or "
+                f"{more}. Resume with the settings it was written with, or start a new run (another {output_key}, or "
                 f"overwrite_output_dir=true without resume_from_checkpoint)."
             )
-    pickled = pickled_weights(checkpoint)
+    pickled = pickled_weights(checkpoint, ema_folder)
     if pickled and not config.allow_pickle:
         raise ValueError(
             f"`resume_from_checkpoint`: {str(checkpoint)!r} holds model weights only as pickle ({', '.join(pickled)}), "
@@ -123,19 +126,19 @@ def check_resumable(checkpoint: Path, config, num_processes: int) -> None:
         )
 
 
-def pickled_weights(checkpoint: Path) -> list[str]:
+def pickled_weights(checkpoint: Path, ema_folder: str = EMA_FOLDER) -> list[str]:
     """Model weight files of `checkpoint` that have no safetensors twin: accelerate's `pytorch_model[_i].bin` (it
-    writes `model[_i].safetensors` by default) and the EMA's `diffusion_pytorch_model.bin`. The optimizer, LR-schedule
-    and RNG states are pickles whatever the settings; accelerate reads them with torch's `weights_only` unpickler,
-    which builds tensors and plain containers and runs no code."""
+    writes `model[_i].safetensors` by default) and the EMA's `diffusion_pytorch_model.bin` in `ema_folder`. The
+    optimizer, LR-schedule and RNG states are pickles whatever the settings; accelerate reads them with torch's
+    `weights_only` unpickler, which builds tensors and plain containers and runs no code."""
     found = []
     for path in sorted(checkpoint.glob("pytorch_model*.bin")):
         twin = "model" + path.name.removeprefix("pytorch_model").removesuffix(".bin") + ".safetensors"
         if not (checkpoint / twin).is_file():
             found.append(path.name)
-    ema = checkpoint / EMA_FOLDER
+    ema = checkpoint / ema_folder
     if (ema / "diffusion_pytorch_model.bin").is_file() and not (ema / "diffusion_pytorch_model.safetensors").is_file():
-        found.append(f"{EMA_FOLDER}/diffusion_pytorch_model.bin")
+        found.append(f"{ema_folder}/diffusion_pytorch_model.bin")
     return found
 
 

@@ -60,6 +60,22 @@ RESUMABLE_CHANGES = frozenset({
     "vae_max_train_steps", "vae_train_batch_size", "vae_learning_rate", "kl_weight",
 })  # fmt: skip
 
+# The VAE stage (training/train_vae.py) builds AutoencoderKL(**vae_config) and trains it with the data, seed,
+# optimizer, precision and EMA keys it shares with the diffusion stage; it never reads these, which decide only what
+# stage 2 trains.
+DIFFUSION_ONLY_KEYS = frozenset({
+    "pretrained_model_name_or_path", "revision", "variant", "pretrained_unet", "unet_subfolder", "unet_config",
+    "pretrained_vae", "vae_subfolder", "pretrained_text_encoder", "text_encoder_subfolder", "text_encoder_config",
+    "pretrained_tokenizer", "tokenizer_subfolder", "tokenizer_vocab_size", "train_text_encoder", "scheduler_config",
+    "prediction_type", "zero_terminal_snr", "snr_gamma", "noise_offset", "cfg_dropout", "train_batch_size",
+    "learning_rate", "scale_lr", "allow_tf32", "cache_latents", "cache_text_embeddings",
+})  # fmt: skip
+# RESUMABLE_CHANGES for the VAE stage: the same run-management keys and every diffusion-only key may change, but its
+# own batch size, learning rate and KL weight decide what it trains (vae_config already does: it is in neither list).
+VAE_RESUMABLE_CHANGES = (RESUMABLE_CHANGES | DIFFUSION_ONLY_KEYS) - {
+    "vae_train_batch_size", "vae_learning_rate", "kl_weight",
+}  # fmt: skip
+
 
 def _default_vae_config() -> dict:
     # Three blocks → downsampling factor 4: 64px images become 4×16×16 latents, the LDM paper's "f=4" setting,

@@ -24,7 +24,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .config import TrainConfig, save_config
+from .config import VAE_RESUMABLE_CHANGES, TrainConfig, save_config
 from .data import load_train_dataset
 from .loss import vae_loss
 from .reporting import plot_loss, save_image_grid
@@ -62,9 +62,13 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     (training/train.py), with the checkpoints in `vae_output_dir`."""
     output_dir = Path(config.vae_output_dir)
 
-    # 1. Accelerator; the checkpoint to resume from and the output folder are checked before anything is built.
+    # 1. Accelerator; the checkpoint to resume from (complete, safetensors, written with the settings that decide
+    #    what this stage trains) and the output folder are checked before anything is built.
     accelerator = make_accelerator(config, output_dir)
     resume_from = ckpt.resolve_resume(config.resume_from_checkpoint, output_dir)
+    if resume_from is not None:
+        ckpt.check_resumable(resume_from, config, accelerator.num_processes, resumable=VAE_RESUMABLE_CHANGES,
+                             ema_folder=EMA_FOLDER, output_key="vae_output_dir")  # fmt: skip
     _check_output_dir(config, output_dir)
     set_seed(config.seed)
 
@@ -84,6 +88,11 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         return output_dir
     accelerator.wait_for_everyone()  # every rank has checked its input before the main one writes anything
     if accelerator.is_main_process:
+        if config.overwrite_output_dir and not config.resume_from_checkpoint:
+            # The old run's checkpoints would be what `latest` resumes and what rotation keeps over this run's.
+            removed = ckpt.remove_checkpoints(output_dir)
+            if removed:
+                logger.info(f"overwrite_output_dir: removed the previous VAE run's {', '.join(removed)}")
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "train_config.yaml")
     accelerator.wait_for_everyone()
@@ -116,6 +125,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
 
     # 4. Resume: weights, optimizer, LR schedule and EMA from the checkpoint; data position by skipping batches.
     global_step, history = 0, []
+    run_settings = ckpt.fingerprint(config, accelerator.num_processes, VAE_RESUMABLE_CHANGES)  # in every checkpoint
     if resume_from is not None:
         state = ckpt.read_state(resume_from)
         accelerator.load_state(str(resume_from))
@@ -197,7 +207,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
                         accelerator,
                         output_dir,
                         global_step,
-                        {"global_step": global_step, "history": history},
+                        {"global_step": global_step, "history": history, "config": run_settings},
                         ema=ema if accelerator.is_main_process else None,
                         limit=config.checkpoints_total_limit,
                         ema_folder=EMA_FOLDER,
