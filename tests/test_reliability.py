@@ -150,6 +150,39 @@ def test_sigint_and_sigterm_finish_the_step_checkpoint_and_exit_0_then_resume_ma
     assert_same_run(reference, out)
 
 
+@pytest.mark.parametrize("ending", ["returns", "non_finite_loss", "checkpoint_write"])
+def test_signal_handlers_are_put_back_however_main_ends(tmp_path, monkeypatch, ending):
+    """`main` installs SIGINT/SIGTERM handlers for the graceful stop. However it ends, the previous ones come back and
+    the first Ctrl-C interrupts the calling process again: a NonFiniteLossError or CheckpointWriteError used to leave
+    them installed, so that Ctrl-C only set the stop flag of a run that was over."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert before[0] is signal.default_int_handler  # what turns SIGINT into KeyboardInterrupt below
+    poisoned = [epoch_order(8, 0)[4]] if ending == "non_finite_loss" else []  # position 4 is the first of step 2
+    config = nan_config(tmp_path / "run", saved_dataset(tmp_path, poisoned), "max_train_steps=3",
+                        "checkpointing_steps=2", "non_finite_loss=stop")
+    if ending == "checkpoint_write":
+        real_save = torch.save
+
+        def save(obj, f, *args, **kwargs):  # a full disk while checkpoint-2's optimizer state is written
+            if "checkpoint-2.tmp" in str(f):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+            return real_save(obj, f, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "save", save)
+    expected = {
+        "returns": contextlib.nullcontext(),
+        "non_finite_loss": pytest.raises(NonFiniteLossError, match=r"at step 2 "),
+        "checkpoint_write": pytest.raises(CheckpointWriteError, match=r"Could not write checkpoint-2 "),
+    }[ending]
+    with magenta_images_give_nan(), expected:
+        main(config)
+    assert (ending == "returns") == (tmp_path / "run" / "model_index.json").exists()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(10)  # interrupted at once; a handler left behind would swallow the signal and let this run out
+
+
 # ---- 8. a full disk --------------------------------------------------------------------------------------------------
 
 

@@ -219,155 +219,161 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         f"Training {config.max_train_steps} steps: {len(dataset)} examples, {accelerator.num_processes} process(es), "
         f"batch {config.train_batch_size}/process x {config.gradient_accumulation_steps} accumulation = {total_batch}"
     )
+    # From here on SIGINT / SIGTERM finish the step and checkpoint; the previous handlers come back however `main`
+    # ends (a return, NonFiniteLossError, CheckpointWriteError, any exception), or Ctrl-C would be swallowed once
+    # in the process that called it.
     stop = _StopSignal()
-    progress = tqdm(
-        total=config.max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_local_main_process
-    )
+    try:
+        progress = tqdm(total=config.max_train_steps, initial=global_step, desc="train",
+                        disable=not accelerator.is_local_main_process)  # fmt: skip
 
-    # 9. The loop.
-    step_loss, step_start, consecutive_bad = 0.0, time.perf_counter(), 0
-    for epoch in range(first_epoch, num_epochs):
-        if global_step >= config.max_train_steps:  # resumed from the final checkpoint: only the saving is left
-            break
-        epoch_loader = dataloader
-        if epoch == first_epoch and resume_batches:
-            epoch_loader = accelerator.skip_first_batches(dataloader, resume_batches)
-        # Through accelerate's loader, not our sampler: at every __iter__ it re-sets the sampler's epoch from its
-        # own iteration counter, which after a resume would otherwise restart at 0 and replay epoch 0's order.
-        epoch_loader.set_epoch(epoch)
-        micro_step = resume_batches if epoch == first_epoch else 0
-        for batch in epoch_loader:
-            generators = sample_generators(config.seed, global_step, micro_step, accelerator, len(batch["captions"]))
-            micro_step += 1
-            with accelerator.accumulate(unet):
-                latents = _encode_latents(batch, vae, latent_cache, generators, weight_dtype)
-                captions = _drop_captions(batch["captions"], config.cfg_dropout, generators)
-                encoder_hidden_states = _encode_text(captions, tokenizer, text_encoder, text_cache, accelerator)
-
-                noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators])
-                if config.noise_offset:  # Guttenberg 2023, "Diffusion with offset noise": per-channel DC shift
-                    noise += config.noise_offset * torch.stack(
-                        [torch.randn(latents.shape[1], 1, 1, generator=g) for g in generators]
-                    )
-                timesteps = torch.cat(
-                    [torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), generator=g) for g in generators]
-                )
-                noise, timesteps = noise.to(latents.device), timesteps.to(latents.device)
-                noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)  # Eq. 4
-                target = training_target(noise_scheduler, latents, noise, timesteps)
-
-                model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
-                loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, config.snr_gamma)
-
-                accelerator.backward(loss)
-                ckpt.kill_point("step", global_step + 1, accelerator.process_index)
-                grad_norm = None
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                    finite = _all_finite(accelerator, loss, grad_norm)
-                    if not finite:
-                        optimizer.zero_grad(set_to_none=True)  # the bad gradients never reach the weights
-                if not accelerator.sync_gradients or finite:
-                    optimizer.step()
-                    lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step_loss += accelerator.reduce(loss.detach().float(), reduction="mean").item()
-
-            if not accelerator.sync_gradients:
-                continue
-
-            # One optimizer step is complete (all accumulation micro-steps done).
-            if not finite:
-                consecutive_bad += 1
-                message = (
-                    f"Non-finite loss or gradient at step {global_step + 1} (loss={step_loss:.4g}, "
-                    f"grad_norm={float(grad_norm):.4g}); the update was not applied."
-                )
-                if config.non_finite_loss == "stop" or consecutive_bad >= config.max_consecutive_non_finite:
-                    limit = config.max_consecutive_non_finite
-                    why = ("non_finite_loss=stop" if config.non_finite_loss == "stop" else
-                           f"{consecutive_bad} in a row, max_consecutive_non_finite={limit}")
-                    last = ckpt.list_checkpoints(output_dir)
-                    raise NonFiniteLossError(
-                        f"{message} Training stopped ({why}); "
-                        + (f"the last good checkpoint, {last[-1].name}, is untouched. " if last else "no checkpoint "
-                           "was written yet. ")
-                        + "Lower learning_rate, check the data of that step, or set non_finite_loss=skip."
-                    )
-                logger.warning(message + f" Skipping it ({consecutive_bad} in a row).")
-            else:
-                consecutive_bad = 0
-                if ema is not None:
-                    ema.step(unet.parameters())
-            global_step += 1
-            micro_step = 0 if micro_step >= batches_per_epoch else micro_step
-            mean_loss = step_loss / config.gradient_accumulation_steps
-            elapsed = time.perf_counter() - step_start
-            logs = {
-                "loss": mean_loss,
-                "lr": lr_scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
-                "images_per_sec": total_batch / max(elapsed, 1e-9),
-            }
-            history.append({"step": global_step, "loss": mean_loss, "lr": logs["lr"]})
-            accelerator.log(logs, step=global_step)
-            progress.update(1)
-            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{logs['lr']:.2e}")
-            step_loss, step_start = 0.0, time.perf_counter()
-
-            # Validation and the judge before the checkpoint: a checkpoint at step N means all of step N's work is
-            # done, so a run killed in between redoes them instead of resuming past them.
-            done = global_step >= config.max_train_steps
-            if config.validation_steps and global_step % config.validation_steps == 0 and config.validation_prompts:
-                validate(config, accelerator, models, global_step)
-            if config.eval_steps and (global_step % config.eval_steps == 0 or done):
-                evaluate(config, accelerator, models, global_step, eval_history)
-            stopping = stop.requested(accelerator)
-            if (config.checkpointing_steps and global_step % config.checkpointing_steps == 0) or (stopping and not done):
-                ckpt.save_checkpoint(
-                    accelerator,
-                    output_dir,
-                    global_step,
-                    {"global_step": global_step, "history": history, "eval_history": eval_history,
-                     "config": run_settings},
-                    ema=ema if accelerator.is_main_process else None,
-                    limit=config.checkpoints_total_limit,
-                )
-            if stopping and not done:
-                progress.close()
-                accelerator.print(
-                    f"Stopped by signal at step {global_step}; checkpoint saved. Resume with: "
-                    f"resume_from_checkpoint=latest (same config and output_dir)."
-                )
-                accelerator.end_training()
-                stop.restore()
-                return output_dir
-            if done:
+        # 9. The loop.
+        step_loss, step_start, consecutive_bad = 0.0, time.perf_counter(), 0
+        for epoch in range(first_epoch, num_epochs):
+            if global_step >= config.max_train_steps:  # resumed from the final checkpoint: only the saving is left
                 break
-        if global_step >= config.max_train_steps:
-            break
-    progress.close()
+            epoch_loader = dataloader
+            if epoch == first_epoch and resume_batches:
+                epoch_loader = accelerator.skip_first_batches(dataloader, resume_batches)
+            # Through accelerate's loader, not our sampler: at every __iter__ it re-sets the sampler's epoch from its
+            # own iteration counter, which after a resume would otherwise restart at 0 and replay epoch 0's order.
+            epoch_loader.set_epoch(epoch)
+            micro_step = resume_batches if epoch == first_epoch else 0
+            for batch in epoch_loader:
+                batch_size = len(batch["captions"])
+                generators = sample_generators(config.seed, global_step, micro_step, accelerator, batch_size)
+                micro_step += 1
+                with accelerator.accumulate(unet):
+                    latents = _encode_latents(batch, vae, latent_cache, generators, weight_dtype)
+                    captions = _drop_captions(batch["captions"], config.cfg_dropout, generators)
+                    encoder_hidden_states = _encode_text(captions, tokenizer, text_encoder, text_cache, accelerator)
 
-    # 10. Save the EMA pipeline as a self-contained folder (loads with LatentDiffusionPipeline.from_pretrained, or
-    #     without sculpt with DiffusionPipeline.from_pretrained(..., trust_remote_code=True)), samples, plots, the
-    #     model card; then push it when asked, once the run is complete (a failed push loses nothing).
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        pipeline = build_pipeline(accelerator, models, use_ema=True)
-        pipeline.save_pretrained(output_dir)
-        ckpt.kill_point("save", global_step)
-        images = generate(pipeline, config) if config.validation_prompts else []
-        if images:
-            save_image_grid(images, output_dir / "samples.png", captions=repeat_prompts(config))
-        plot_loss(history, output_dir / "loss.png")
-        _write_history(history, output_dir / "loss_history.json")
-        if eval_history:
-            write_eval_history(eval_history, output_dir)
-        hub.write_model_card(output_dir, config, images, accelerator.num_processes)
-        accelerator.print(f"Saved the trained pipeline to {output_dir}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    stop.restore()
+                    noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators])
+                    if config.noise_offset:  # Guttenberg 2023, "Diffusion with offset noise": per-channel DC shift
+                        noise += config.noise_offset * torch.stack(
+                            [torch.randn(latents.shape[1], 1, 1, generator=g) for g in generators]
+                        )
+                    num_train_timesteps = noise_scheduler.config.num_train_timesteps
+                    timesteps = torch.cat(
+                        [torch.randint(0, num_train_timesteps, (1,), generator=g) for g in generators]
+                    )
+                    noise, timesteps = noise.to(latents.device), timesteps.to(latents.device)
+                    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)  # Eq. 4
+                    target = training_target(noise_scheduler, latents, noise, timesteps)
+
+                    model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
+                    loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, config.snr_gamma)
+
+                    accelerator.backward(loss)
+                    ckpt.kill_point("step", global_step + 1, accelerator.process_index)
+                    grad_norm = None
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                        finite = _all_finite(accelerator, loss, grad_norm)
+                        if not finite:
+                            optimizer.zero_grad(set_to_none=True)  # the bad gradients never reach the weights
+                    if not accelerator.sync_gradients or finite:
+                        optimizer.step()
+                        lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step_loss += accelerator.reduce(loss.detach().float(), reduction="mean").item()
+
+                if not accelerator.sync_gradients:
+                    continue
+
+                # One optimizer step is complete (all accumulation micro-steps done).
+                if not finite:
+                    consecutive_bad += 1
+                    message = (
+                        f"Non-finite loss or gradient at step {global_step + 1} (loss={step_loss:.4g}, "
+                        f"grad_norm={float(grad_norm):.4g}); the update was not applied."
+                    )
+                    if config.non_finite_loss == "stop" or consecutive_bad >= config.max_consecutive_non_finite:
+                        limit = config.max_consecutive_non_finite
+                        why = ("non_finite_loss=stop" if config.non_finite_loss == "stop" else
+                               f"{consecutive_bad} in a row, max_consecutive_non_finite={limit}")
+                        last = ckpt.list_checkpoints(output_dir)
+                        raise NonFiniteLossError(
+                            f"{message} Training stopped ({why}); "
+                            + (f"the last good checkpoint, {last[-1].name}, is untouched. " if last else
+                               "no checkpoint was written yet. ")
+                            + "Lower learning_rate, check the data of that step, or set non_finite_loss=skip."
+                        )
+                    logger.warning(message + f" Skipping it ({consecutive_bad} in a row).")
+                else:
+                    consecutive_bad = 0
+                    if ema is not None:
+                        ema.step(unet.parameters())
+                global_step += 1
+                micro_step = 0 if micro_step >= batches_per_epoch else micro_step
+                mean_loss = step_loss / config.gradient_accumulation_steps
+                elapsed = time.perf_counter() - step_start
+                logs = {
+                    "loss": mean_loss,
+                    "lr": lr_scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "images_per_sec": total_batch / max(elapsed, 1e-9),
+                }
+                history.append({"step": global_step, "loss": mean_loss, "lr": logs["lr"]})
+                accelerator.log(logs, step=global_step)
+                progress.update(1)
+                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{logs['lr']:.2e}")
+                step_loss, step_start = 0.0, time.perf_counter()
+
+                # Validation and the judge before the checkpoint: a checkpoint at step N means all of step N's work is
+                # done, so a run killed in between redoes them instead of resuming past them.
+                done = global_step >= config.max_train_steps
+                if config.validation_steps and global_step % config.validation_steps == 0 and config.validation_prompts:
+                    validate(config, accelerator, models, global_step)
+                if config.eval_steps and (global_step % config.eval_steps == 0 or done):
+                    evaluate(config, accelerator, models, global_step, eval_history)
+                stopping = stop.requested(accelerator)
+                periodic = config.checkpointing_steps and global_step % config.checkpointing_steps == 0
+                if periodic or (stopping and not done):
+                    ckpt.save_checkpoint(
+                        accelerator,
+                        output_dir,
+                        global_step,
+                        {"global_step": global_step, "history": history, "eval_history": eval_history,
+                         "config": run_settings},
+                        ema=ema if accelerator.is_main_process else None,
+                        limit=config.checkpoints_total_limit,
+                    )
+                if stopping and not done:
+                    progress.close()
+                    accelerator.print(
+                        f"Stopped by signal at step {global_step}; checkpoint saved. Resume with: "
+                        f"resume_from_checkpoint=latest (same config and output_dir)."
+                    )
+                    accelerator.end_training()
+                    return output_dir
+                if done:
+                    break
+            if global_step >= config.max_train_steps:
+                break
+        progress.close()
+
+        # 10. Save the EMA pipeline as a self-contained folder (loads with LatentDiffusionPipeline.from_pretrained, or
+        #     without sculpt with DiffusionPipeline.from_pretrained(..., trust_remote_code=True)), samples, plots, the
+        #     model card; then push it when asked, once the run is complete (a failed push loses nothing).
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            pipeline = build_pipeline(accelerator, models, use_ema=True)
+            pipeline.save_pretrained(output_dir)
+            ckpt.kill_point("save", global_step)
+            images = generate(pipeline, config) if config.validation_prompts else []
+            if images:
+                save_image_grid(images, output_dir / "samples.png", captions=repeat_prompts(config))
+            plot_loss(history, output_dir / "loss.png")
+            _write_history(history, output_dir / "loss_history.json")
+            if eval_history:
+                write_eval_history(eval_history, output_dir)
+            hub.write_model_card(output_dir, config, images, accelerator.num_processes)
+            accelerator.print(f"Saved the trained pipeline to {output_dir}")
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+    finally:
+        stop.restore()
     if config.push_to_hub and accelerator.is_main_process:
         url = hub.push_folder(output_dir, config.hub_model_id, private=config.hub_private)
         accelerator.print(f"Pushed it to {url}")
@@ -585,8 +591,9 @@ def _write_history(history: list[dict], path: Path) -> None:
 
 
 class _StopSignal:
-    """SIGINT / SIGTERM ask the run to finish its current step, save a checkpoint and exit cleanly. `restore` puts
-    the previous handlers back, so that Ctrl-C interrupts a Python session again once `main` has returned."""
+    """SIGINT / SIGTERM ask the run to finish its current step, save a checkpoint and exit cleanly. `restore` (in a
+    `finally`) puts the previous handlers back, so that Ctrl-C interrupts a Python session again once `main` has
+    returned or raised."""
 
     def __init__(self):
         self.flag, self.previous = False, {}

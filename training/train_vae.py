@@ -145,10 +145,10 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
 
     # 5. The loop. Each sample's latent noise comes from a generator seeded by its place in the run (see
     #    training/train.py), so a resumed run draws what the uninterrupted one drew.
-    stop = _StopSignal()
     progress = tqdm(total=config.vae_max_train_steps, initial=global_step, desc="train vae",
                     disable=not accelerator.is_local_main_process)  # fmt: skip
     sums, consecutive_bad = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}, 0
+    stop = _StopSignal()  # nothing between installing the handlers and the `try` that puts the previous ones back
     try:
         for epoch in range(first_epoch, num_epochs):
             if global_step >= config.vae_max_train_steps:  # resumed from the final checkpoint: only saving is left
