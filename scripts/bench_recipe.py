@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from training.cli import USER_ERRORS
 from training.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +95,10 @@ def main() -> None:
     for flag, value in (("--threads", args.threads), ("--batch", args.batch), ("--repeats", args.repeats)):
         if value < 1:
             parser.error(f"{flag}: {value} must be >= 1")
-    config = load_config(args.config)
+    try:
+        config = load_config(args.config)
+    except USER_ERRORS as error:
+        parser.error(f"--config: {error}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     seq = config.text_encoder_config.get("max_position_embeddings", 77)
