@@ -132,18 +132,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         if weight_dtype != torch.float32:
             module.to(dtype=weight_dtype)
 
-    ema = None
-    if config.use_ema:
-        ema = EMAModel(
-            unet.parameters(),
-            decay=config.ema_decay,
-            use_ema_warmup=config.ema_warmup,
-            inv_gamma=config.ema_inv_gamma,
-            power=config.ema_power,
-            model_cls=UNet2DConditionModel,
-            model_config=unet.config,
-        )
-        ema.to(accelerator.device)
+    ema = make_ema(config, unet, accelerator.device)
 
     # 5. The caches of frozen-part outputs (the data loader was built with the data).
     if dry_run:
@@ -266,16 +255,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
 
                     accelerator.backward(loss)
                     ckpt.kill_point("step", global_step + 1, accelerator.process_index)
-                    grad_norm = None
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                        finite = _all_finite(accelerator, loss, grad_norm)
-                        if not finite:
-                            optimizer.zero_grad(set_to_none=True)  # the bad gradients never reach the weights
-                    if not accelerator.sync_gradients or finite:
-                        optimizer.step()
-                        lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    finite, grad_norm = guarded_step(accelerator, params, loss, optimizer, lr_scheduler, config)
                     step_loss += accelerator.reduce(loss.detach().float(), reduction="mean").item()
 
                 if not accelerator.sync_gradients:
@@ -284,22 +264,8 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
                 # One optimizer step is complete (all accumulation micro-steps done).
                 if not finite:
                     consecutive_bad += 1
-                    message = (
-                        f"Non-finite loss or gradient at step {global_step + 1} (loss={step_loss:.4g}, "
-                        f"grad_norm={float(grad_norm):.4g}); the update was not applied."
-                    )
-                    if config.non_finite_loss == "stop" or consecutive_bad >= config.max_consecutive_non_finite:
-                        limit = config.max_consecutive_non_finite
-                        why = ("non_finite_loss=stop" if config.non_finite_loss == "stop" else
-                               f"{consecutive_bad} in a row, max_consecutive_non_finite={limit}")
-                        last = ckpt.list_checkpoints(output_dir)
-                        raise NonFiniteLossError(
-                            f"{message} Training stopped ({why}); "
-                            + (f"the last good checkpoint, {last[-1].name}, is untouched. " if last else
-                               "no checkpoint was written yet. ")
-                            + "Lower learning_rate, check the data of that step, or set non_finite_loss=skip."
-                        )
-                    logger.warning(message + f" Skipping it ({consecutive_bad} in a row).")
+                    handle_non_finite(config, output_dir, global_step + 1, step_loss, grad_norm, consecutive_bad,
+                                      learning_rate_key="learning_rate")  # fmt: skip
                 else:
                     consecutive_bad = 0
                     if ema is not None:
@@ -517,6 +483,58 @@ def _encode_latents(batch, vae, cache, generators, weight_dtype) -> torch.Tensor
             latents = posterior.mean + posterior.std * eps.to(posterior.mean)
     shift = latent_shift(vae.config) or 0.0
     return ((latents.float() - shift) * vae.config.scaling_factor).to(vae.device)
+
+
+def make_ema(config, model, device):
+    """The EMA of `model`'s weights (with warmup, as configured), or None when `use_ema` is off."""
+    if not config.use_ema:
+        return None
+    ema = EMAModel(
+        model.parameters(),
+        decay=config.ema_decay,
+        use_ema_warmup=config.ema_warmup,
+        inv_gamma=config.ema_inv_gamma,
+        power=config.ema_power,
+        model_cls=type(model),
+        model_config=model.config,
+    )
+    ema.to(device)
+    return ema
+
+
+def guarded_step(accelerator, params, loss, optimizer, lr_scheduler, config) -> tuple[bool, torch.Tensor | None]:
+    """Clip and apply the update, unless the loss or gradient is NaN/Inf on any rank: then the bad gradients are
+    dropped and neither the weights nor the LR schedule move. Returns (finite, grad_norm); on accumulation
+    micro-steps (no gradient sync yet) there is nothing to check: (True, None)."""
+    finite, grad_norm = True, None
+    if accelerator.sync_gradients:
+        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        finite = _all_finite(accelerator, loss, grad_norm)
+    if finite:
+        optimizer.step()
+        lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return finite, grad_norm
+
+
+def handle_non_finite(config, output_dir: Path, step: int, loss: float, grad_norm, in_a_row: int,
+                      learning_rate_key: str) -> None:  # fmt: skip
+    """A step whose loss or gradient was NaN/Inf (its update was not applied): stop per `non_finite_loss`, naming
+    the step and the checkpoint that is kept, or log it and go on."""
+    message = (
+        f"Non-finite loss or gradient at step {step} (loss={loss:.4g}, grad_norm={float(grad_norm):.4g}); "
+        f"the update was not applied."
+    )
+    if config.non_finite_loss == "stop" or in_a_row >= config.max_consecutive_non_finite:
+        why = ("non_finite_loss=stop" if config.non_finite_loss == "stop" else
+               f"{in_a_row} in a row, max_consecutive_non_finite={config.max_consecutive_non_finite}")  # fmt: skip
+        last = ckpt.list_checkpoints(output_dir)
+        kept = f"the last good checkpoint, {last[-1].name}, is untouched. " if last else "no checkpoint was written yet. "
+        raise NonFiniteLossError(
+            f"{message} Training stopped ({why}); {kept}Lower {learning_rate_key}, check the data of that step, or "
+            f"set non_finite_loss=skip."
+        )
+    logger.warning(message + f" Skipping it ({in_a_row} in a row).")
 
 
 def _all_finite(accelerator, loss: torch.Tensor, grad_norm) -> bool:

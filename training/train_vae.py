@@ -29,11 +29,12 @@ from .data import load_train_dataset
 from .loss import vae_loss
 from .reporting import plot_loss, save_image_grid
 from .train import (
-    NonFiniteLossError,
-    _all_finite,
     _StopSignal,
     build_train_dataloader,
+    guarded_step,
+    handle_non_finite,
     make_accelerator,
+    make_ema,
     sample_generators,
 )
 
@@ -96,18 +97,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "train_config.yaml")
     accelerator.wait_for_everyone()
-    ema = None
-    if config.use_ema:
-        ema = EMAModel(
-            vae.parameters(),
-            decay=config.ema_decay,
-            use_ema_warmup=config.ema_warmup,
-            inv_gamma=config.ema_inv_gamma,
-            power=config.ema_power,
-            model_cls=AutoencoderKL,
-            model_config=vae.config,
-        )
-        ema.to(accelerator.device)
+    ema = make_ema(config, vae, accelerator.device)
 
     # 3. Optimizer, schedule, prepare.
     model = _Autoencode(vae)
@@ -169,15 +159,8 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
                     )
                     accelerator.backward(loss)
                     ckpt.kill_point("step", global_step + 1, accelerator.process_index)
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                        finite = _all_finite(accelerator, loss, grad_norm)
-                        if not finite:
-                            optimizer.zero_grad(set_to_none=True)  # the bad gradients never reach the weights
-                    if not accelerator.sync_gradients or finite:
-                        optimizer.step()
-                        lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    finite, grad_norm = guarded_step(accelerator, model.parameters(), loss, optimizer, lr_scheduler,
+                                                     config)  # fmt: skip
                     for name, value in (("loss", loss), ("reconstruction", rec), ("kl", kl)):
                         sums[name] += accelerator.reduce(value.detach().float(), "mean").item()
                 if not accelerator.sync_gradients:
@@ -188,7 +171,8 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
                 sums = dict.fromkeys(sums, 0.0)
                 if not finite:
                     consecutive_bad += 1
-                    _non_finite(config, output_dir, global_step + 1, logs["loss"], grad_norm, consecutive_bad)
+                    handle_non_finite(config, output_dir, global_step + 1, logs["loss"], grad_norm, consecutive_bad,
+                                      learning_rate_key="vae_learning_rate")  # fmt: skip
                 else:
                     consecutive_bad = 0
                     if ema is not None:
@@ -266,25 +250,6 @@ def _check_output_dir(config: TrainConfig, output_dir: Path) -> None:
             f"Set `overwrite_output_dir=true` to replace it, `resume_from_checkpoint=latest` to continue it, "
             f"or choose another `vae_output_dir`."
         )
-
-
-def _non_finite(config: TrainConfig, output_dir: Path, step: int, loss: float, grad_norm, in_a_row: int) -> None:
-    """A step whose loss or gradient was NaN/Inf (its update was not applied): stop per `non_finite_loss`, naming
-    the step and the checkpoint that is kept, or log it and go on."""
-    message = (
-        f"Non-finite loss or gradient at step {step} (loss={loss:.4g}, grad_norm={float(grad_norm):.4g}); "
-        f"the update was not applied."
-    )
-    if config.non_finite_loss == "stop" or in_a_row >= config.max_consecutive_non_finite:
-        why = ("non_finite_loss=stop" if config.non_finite_loss == "stop" else
-               f"{in_a_row} in a row, max_consecutive_non_finite={config.max_consecutive_non_finite}")  # fmt: skip
-        last = ckpt.list_checkpoints(output_dir)
-        kept = f"the last good checkpoint, {last[-1].name}, is untouched. " if last else "no checkpoint was written yet. "
-        raise NonFiniteLossError(
-            f"{message} Training stopped ({why}); {kept}Lower vae_learning_rate, check the data of that step, or set "
-            f"non_finite_loss=skip."
-        )
-    logger.warning(message + f" Skipping it ({in_a_row} in a row).")
 
 
 @torch.no_grad()
