@@ -35,6 +35,7 @@ from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from .latents import decode_latents, vae_scale_factor
 from .portable import PortableFolderMixin
 
 logger = logging.get_logger(__name__)
@@ -61,17 +62,6 @@ def rescale_noise_cfg(
     std_cfg = noise_cfg.std(dim=dims, keepdim=True)
     noise_rescaled = noise_cfg * (std_text / std_cfg)
     return guidance_rescale * noise_rescaled + (1 - guidance_rescale) * noise_cfg
-
-
-def latent_shift(vae_config) -> float | None:
-    """The VAE's latent shift, or None. Latents are `(z - shift) * scaling_factor` (SD3 / Flux VAEs have a shift;
-    SD 1/2 ones have none). diffusers' `AutoencoderKL` calls the key `shift_factor`; `shifting_factor` is accepted
-    too, for configs written by hand under that name."""
-    for key in ("shift_factor", "shifting_factor"):
-        value = getattr(vae_config, key, None)
-        if value is not None:
-            return float(value)
-    return None
 
 
 def encode_text(
@@ -119,7 +109,7 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        self.vae_scale_factor = vae_scale_factor(vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     # Read by the denoising loop at every step, so a diffusers `PipelineCallback` that sets `pipe._guidance_scale`
@@ -161,7 +151,9 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
     # ------------------------------------------------------------------------------------------------------------
     # Text
     # ------------------------------------------------------------------------------------------------------------
-    def _encode_text(self, texts: list[str], device: torch.device, max_length: int | None = None) -> torch.Tensor:
+    def _encode_prompt_text(
+        self, texts: list[str], device: torch.device, max_length: int | None = None
+    ) -> torch.Tensor:
         """CLIP last hidden states of `texts` (`encode_text`), with a warning for each prompt that is truncated."""
         max_length = max_length or self.tokenizer.model_max_length
         # Truncate like diffusers, but say so: CLIP has only `model_max_length` position embeddings.
@@ -198,7 +190,7 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
         device = device or self._execution_device
         if prompt_embeds is None:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompt_embeds = self._encode_text(prompts, device)
+            prompt_embeds = self._encode_prompt_text(prompts, device)
         dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
         prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)
         batch_size = prompt_embeds.shape[0]
@@ -216,7 +208,7 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
                     f"or a list with one negative prompt per prompt."
                 )
             # Same length as the prompt's embeddings, so the two stack into one UNet batch.
-            negative_prompt_embeds = self._encode_text(negatives, device, max_length=prompt_embeds.shape[1])
+            negative_prompt_embeds = self._encode_prompt_text(negatives, device, max_length=prompt_embeds.shape[1])
 
         prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if negative_prompt_embeds is not None:
@@ -493,11 +485,7 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
         """
         if output_type == "latent":
             return latents
-        latents = latents / self.vae.config.scaling_factor
-        shift = latent_shift(self.vae.config)
-        if shift is not None:
-            latents = latents + shift
-        image = self.vae.decode(latents, return_dict=False)[0]
+        image = decode_latents(self.vae, latents)
         return self.image_processor.postprocess(image, output_type=output_type)
 
     # ------------------------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from .image_inputs import ImagesInfo, describe_images, is_tensor_input
-from .pipeline_latent_diffusion import LatentDiffusionPipeline, StepEndCallback, latent_shift
+from .latents import encode_latents
+from .pipeline_latent_diffusion import LatentDiffusionPipeline, StepEndCallback
 
 logger = logging.get_logger(__name__)
 
@@ -111,15 +112,9 @@ class LatentDiffusionImg2ImgPipeline(LatentDiffusionPipeline):
         its own generator; otherwise each distinct image is encoded once and repeated, as diffusers does."""
         if isinstance(generator, list):
             image = self._expand(image, batch_size)
-            latents = torch.cat(
-                [self.vae.encode(image[i : i + 1]).latent_dist.sample(generator[i]) for i in range(batch_size)]
-            )
+            latents = torch.cat([encode_latents(self.vae, image[i : i + 1], generator[i]) for i in range(batch_size)])
         else:
-            latents = self.vae.encode(image).latent_dist.sample(generator)
-        shift = latent_shift(self.vae.config)
-        if shift is not None:
-            latents = latents - shift
-        latents = latents * self.vae.config.scaling_factor
+            latents = encode_latents(self.vae, image, generator)
         return self._expand(latents, batch_size)
 
     def _expand(self, tensor: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -44,6 +44,8 @@ from typing import Any
 from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
 from diffusers.utils.constants import DIFFUSERS_DYNAMIC_MODULE_NAME
 
+from .loading import folder_pickle_only
+
 # First line of every file `save_code` writes: marks it as a copy (so a stale one may be removed) and says where
 # the source lives.
 SHIPPED_CODE_MARKER = "# sculpt: shipped code"
@@ -287,23 +289,17 @@ def installed_components(cls: type, init_dict: dict[str, Any]) -> dict[str, Any]
 # ---------------------------------------------------------------------------------------------------------------------
 # The pipelines' own saving and loading
 # ---------------------------------------------------------------------------------------------------------------------
-# The weight files of a model folder: safetensors, and the pickle formats that `use_safetensors=True` refuses.
-_SAFE_SUFFIXES = (".safetensors", ".safetensors.index.json")
-_PICKLE_SUFFIXES = (".bin", ".bin.index.json", ".ckpt", ".pt", ".pth")
-
-
-def _pickle_only_parts(folder: Path) -> list[str]:
-    """The components of a local pipeline folder (model_index.json's entries) whose weights are pickles only, each
-    as its first pickle file: ["unet/diffusion_pytorch_model.bin", ...]."""
+def _pickle_only_parts(folder: Path, variant: str | None = None) -> list[str]:
+    """The components of a local pipeline folder (model_index.json's entries) whose weights for `variant` are
+    pickles only (`loading.pickle_only`), each as its first pickle file: ["unet/diffusion_pytorch_model.bin", ...]."""
     index = folder / "model_index.json"
     if not index.is_file():
         return []
     components = [k for k, v in json.loads(index.read_text()).items() if not k.startswith("_") and isinstance(v, list)]
     found = []
     for part in sorted(folder / name for name in components if (folder / name).is_dir()):
-        names = [f.name for f in part.iterdir() if f.is_file()]
-        pickled = sorted(n for n in names if n.endswith(_PICKLE_SUFFIXES))
-        if pickled and not any(n.endswith(_SAFE_SUFFIXES) for n in names):
+        pickled = folder_pickle_only(part, variant)
+        if pickled:
             found.append(f"{part.name}/{pickled[0]}")
     return found
 
@@ -372,7 +368,7 @@ class PortableFolderMixin:
             return super().from_pretrained(pretrained_model_name_or_path, use_safetensors=None, **kwargs)
         folder = Path(pretrained_model_name_or_path).expanduser()
         if folder.is_dir():
-            pickled = _pickle_only_parts(folder)
+            pickled = _pickle_only_parts(folder, kwargs.get("variant"))
             if pickled:
                 raise ValueError(
                     f"`pretrained_model_name_or_path`: {str(pretrained_model_name_or_path)!r} holds weights only as "

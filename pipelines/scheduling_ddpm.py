@@ -29,7 +29,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # also the training config's choices
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 

@@ -1,5 +1,5 @@
 """Judge a model trained on the shapes dataset: generate every caption of its grammar at several guidance scales and
-read size, colour, shape and background back off the pixels (training/evaluate.py).
+read size, colour, shape and background back off the pixels (training/judges/shapes.py).
 
     python scripts/evaluate.py outputs/quickstart/model --output_dir outputs/quickstart
     python scripts/evaluate.py outputs/shapes --per_caption 4 --guidance 1,2,3,5,7 --scheduler ddim --steps 50
@@ -19,17 +19,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e .`
 
-SCHEDULERS = ("ddpm", "ddim", "dpm", "euler")  # = training.evaluate.SCHEDULERS, here so errors come before imports
+from pipelines.schedulers import SCHEDULERS  # noqa: E402  (torch-free: errors come before imports)
+from training.cli import OneLineParser  # noqa: E402
+from training.cli import fail as _fail  # noqa: E402
+
+PROG = "evaluate.py"
 
 
 def fail(message: str) -> None:
-    print(f"evaluate.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        fail(message)
+    _fail(PROG, message)
 
 
 def parse_guidance(text: str) -> list[float]:
@@ -46,7 +44,7 @@ def parse_guidance(text: str) -> list[float]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check everything that can be checked before torch is imported, so bad arguments fail fast."""
-    parser = _Parser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("model", metavar="MODEL_FOLDER", help="a pipeline folder written by save_pretrained")
     parser.add_argument("--per_caption", type=int, default=1, help="images per caption (108 captions)")
     parser.add_argument("--guidance", default="1,2,3,5", help="comma-separated guidance scales (<= 1: no guidance)")
@@ -76,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from pipelines import LatentDiffusionPipeline
-    from training.evaluate import guidance_key, run_evaluation, write_report
+    from training.judges.report import guidance_key
+    from training.judges.shapes import run_evaluation, write_report
 
     try:
         pipe = LatentDiffusionPipeline.from_pretrained(args.model)

@@ -4,27 +4,25 @@ loadable with `train_data_dir: DIR` or `datasets.load_dataset("imagefolder", dat
     python scripts/make_shapes_dataset.py --output_dir data/shapes --num_samples 1000 --resolution 64 --seed 0
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr, exit code 2 (argparse's own prints the usage too)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+from training.cli import OneLineParser  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = _Parser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="make_shapes_dataset.py", description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", required=True, help="new or empty folder to write into")
     parser.add_argument("--num_samples", type=int, required=True)
     parser.add_argument("--resolution", type=int, required=True, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same pixels")
     args = parser.parse_args(argv)
 
-    from training.data import make_shapes_dataset, write_imagefolder  # after parsing: bad flags fail fast
+    from training.builtin.shapes import make_shapes_dataset  # after parsing: bad flags fail fast
+    from training.data import write_imagefolder
 
     output_dir = Path(args.output_dir)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):

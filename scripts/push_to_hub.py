@@ -12,21 +12,19 @@ Hub or the network did.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e .`
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        print(f"push_to_hub.py: error: {message}", file=sys.stderr)
-        sys.exit(2)
+from training.cli import OneLineParser  # noqa: E402
+
+PROG = "push_to_hub.py"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="a pipeline folder written by save_pretrained or by training")
     parser.add_argument("repo_id", help="'user/name' or 'org/name' (or 'name', in your own namespace)")
     parser.add_argument("--private", action="store_true", help="create the repo private (an existing one is kept)")
@@ -38,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = push_folder(args.folder, args.repo_id, private=args.private, commit_message=args.commit_message)
     except (ValueError, FileNotFoundError) as error:
-        print(f"push_to_hub.py: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except PushError as error:
-        print(f"push_to_hub.py: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     print(url)
     return 0

@@ -20,22 +20,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e .`
 
-SCHEDULERS = ("ddpm", "ddim", "dpm", "euler")
+from pipelines.loading import looks_like_path  # noqa: E402  (torch-free, like the two below)
+from pipelines.schedulers import SCHEDULERS  # noqa: E402
+from training.cli import OneLineParser  # noqa: E402
+from training.cli import fail as _fail  # noqa: E402
+
+PROG = "sample.py"
 
 
 def fail(message: str) -> None:
-    print(f"sample.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        fail(message)
+    _fail(PROG, message)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check everything that can be checked before torch is imported, so bad arguments fail fast."""
-    parser = _Parser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("model", help="a folder written by save_pretrained, or a Hub id")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative_prompt", default=None, help="replaces the unconditional prompt in guidance")
@@ -58,8 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model = Path(args.model).expanduser()
     if model.exists() and not (model / "model_index.json").is_file():
         fail(f"MODEL: {args.model} has no model_index.json; pass a folder written by save_pretrained.")
-    looks_like_path = args.model.startswith((".", "/", "~")) or args.model.count("/") > 1
-    if not model.exists() and looks_like_path:
+    if not model.exists() and looks_like_path(args.model):
         fail(f"MODEL: no such folder: {args.model}")
     if args.num_images < 1:
         fail(f"--num_images: {args.num_images} must be >= 1.")
@@ -134,14 +132,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     image, mask = read_inputs(args)
     import torch
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
     from pipelines import (
-        DDPMScheduler,
         LatentDiffusionImg2ImgPipeline,
         LatentDiffusionInpaintPipeline,
         LatentDiffusionPipeline,
     )
+    from pipelines.schedulers import make_scheduler
     from pipelines.utils import make_grid, save_images
 
     try:
@@ -152,11 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             reason = reason.replace("pass use_safetensors=False", "pass --allow_pickle")
         fail(f"MODEL: could not load {args.model!r}: {reason}")
     if args.scheduler is not None:
-        scheduler_class = {
-            "ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
-            "euler": EulerDiscreteScheduler,
-        }[args.scheduler]  # fmt: skip
-        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
 
     kwargs = {}
     if image is not None:

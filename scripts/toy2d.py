@@ -9,28 +9,23 @@ measured ones of docs/toy2d.md (about a minute per dataset on 2 CPU cores).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from training.toy2d import BETA_SCHEDULES, DATASETS, MAX_TIMESTEPS, MIN_TIMESTEPS, Toy2DConfig, run  # noqa: E402
+from training.cli import OneLineParser  # noqa: E402
+from training.course.toy2d import BETA_SCHEDULES, DATASETS, MAX_TIMESTEPS, MIN_TIMESTEPS, Toy2DConfig, run  # noqa: E402
 
 PROG = "toy2d.py"
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit code 2) rather than usage + error."""
-
-    def error(self, message: str):
-        self.exit(2, f"{PROG}: error: {message}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     defaults = Toy2DConfig()
-    parser = _OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
     parser.add_argument("--output_dir", required=True, help="where forward.png, reverse.png, metrics.json go")
     parser.add_argument("--num_train_timesteps", type=int, default=defaults.num_train_timesteps,

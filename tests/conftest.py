@@ -5,6 +5,7 @@ training tests share: the `fresh_accelerate_state` fixture, `tiny()` configs and
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
+SHAPES_CAPTION = re.compile(r"^a (small|large) (red|green|blue|yellow|purple|cyan) (circle|square|triangle) on a "
+                            r"(white|black|gray) background$")  # the shapes grammar, spelled out
 CAPTIONS = [
     f"a {size} {color} {shape} on a {bg} background"
     for size in ("small", "large")
@@ -106,6 +109,28 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     PartialState._reset_state()
+
+
+@pytest.fixture
+def partial_state():
+    """accelerate's logger (in training/data.py) needs a state, as under `accelerate launch`."""
+    from accelerate import PartialState
+
+    PartialState()
+
+
+def data_config(tmp_path: Path, *overrides: str):
+    """configs/tiny.yaml with its `datasets` cache in `tmp_path`, for the data-loading tests."""
+    from training.config import load_config
+
+    return load_config(TINY, [f"cache_dir={tmp_path / 'hf-cache'}", *overrides])
+
+
+def image_bytes(dataset) -> list[bytes]:
+    """The decoded pixels of a dataset's `image` column, to compare datasets image for image."""
+    import numpy as np
+
+    return [np.asarray(image).tobytes() for image in dataset["image"]]
 
 
 def tiny(output_dir: str | Path, *overrides: str):

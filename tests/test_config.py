@@ -402,3 +402,30 @@ def test_accelerate_configs_load(path):
     config = ClusterConfig.from_yaml_file(str(path))  # raises on keys accelerate doesn't know
     assert config.num_processes == 2
     assert config.use_cpu == (path.name == "cpu_2proc.yaml")
+
+
+def test_resumable_and_stage_keys_come_from_the_fields():
+    """Which keys a resume may change, and which only one stage reads, is written on each field (`field(metadata=)`);
+    the derived sets are exactly the lists that were kept by hand before."""
+    from training.config import DIFFUSION_ONLY_KEYS, RESUMABLE_CHANGES, VAE_RESUMABLE_CHANGES
+
+    run_keys = {
+        "output_dir", "overwrite_output_dir", "report_to", "logging_dir", "tracker_project_name", "cache_dir",
+        "dataloader_num_workers", "allow_pickle", "max_train_steps", "non_finite_loss", "max_consecutive_non_finite",
+        "gradient_checkpointing", "num_processes", "ddp_timeout", "checkpointing_steps", "checkpoints_total_limit",
+        "resume_from_checkpoint", "validation_prompts", "validation_steps", "num_validation_images",
+        "num_inference_steps", "guidance_scale", "validation_seed", "eval_steps", "eval_guidance_scales",
+        "eval_per_caption", "eval_num_inference_steps", "push_to_hub", "hub_model_id", "hub_private", "model_license",
+        "vae_output_dir", "vae_max_train_steps",
+    }  # fmt: skip
+    vae_only = {"vae_train_batch_size", "vae_learning_rate", "kl_weight"}
+    diffusion_only = {
+        "pretrained_model_name_or_path", "revision", "variant", "pretrained_unet", "unet_subfolder", "unet_config",
+        "pretrained_vae", "vae_subfolder", "pretrained_text_encoder", "text_encoder_subfolder", "text_encoder_config",
+        "pretrained_tokenizer", "tokenizer_subfolder", "tokenizer_vocab_size", "train_text_encoder",
+        "scheduler_config", "prediction_type", "zero_terminal_snr", "snr_gamma", "noise_offset", "cfg_dropout",
+        "train_batch_size", "learning_rate", "scale_lr", "allow_tf32", "cache_latents", "cache_text_embeddings",
+    }  # fmt: skip
+    assert RESUMABLE_CHANGES == run_keys | vae_only
+    assert DIFFUSION_ONLY_KEYS == diffusion_only
+    assert VAE_RESUMABLE_CHANGES == run_keys | diffusion_only

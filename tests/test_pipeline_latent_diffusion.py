@@ -30,7 +30,7 @@ from pipelines import (
     LatentDiffusionInpaintPipeline,
     LatentDiffusionPipeline,
 )
-from training.data import make_shapes_sample
+from training.builtin.shapes import make_shapes_sample
 
 PROMPT = "a small red circle on a white background"
 SCHEDULERS = {

@@ -30,11 +30,13 @@ from conftest import accelerate_launch, tiny, wait_until_frozen
 from PIL import Image
 from safetensors.torch import load_file
 
-from training.checkpoint import STATE_FILE, CheckpointWriteError, list_checkpoints, resolve_resume, verify
+from training.builtin.shapes import make_shapes_sample
+from training.checkpoint import STATE_FILE, list_checkpoints, resolve_resume, verify
 from training.cli import run as run_cli
 from training.config import load_config
-from training.data import make_shapes_sample
-from training.train import EpochSampler, NonFiniteLossError, main
+from training.data import EpochSampler
+from training.errors import CheckpointWriteError, NonFiniteLossError
+from training.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -155,6 +157,15 @@ def test_signal_handlers_are_put_back_however_main_ends(tmp_path, monkeypatch, e
     """`main` installs SIGINT/SIGTERM handlers for the graceful stop. However it ends, the previous ones come back and
     the first Ctrl-C interrupts the calling process again: a NonFiniteLossError or CheckpointWriteError used to leave
     them installed, so that Ctrl-C only set the stop flag of a run that was over."""
+    # A shell starts background jobs with SIGINT ignored (`pytest ... &`); give this test the interactive default.
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _check_handlers_come_back(tmp_path, monkeypatch, ending)
+    finally:
+        signal.signal(signal.SIGINT, original)
+
+
+def _check_handlers_come_back(tmp_path, monkeypatch, ending):
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert before[0] is signal.default_int_handler  # what turns SIGINT into KeyboardInterrupt below
     poisoned = [epoch_order(8, 0)[4]] if ending == "non_finite_loss" else []  # position 4 is the first of step 2
@@ -474,7 +485,7 @@ def test_an_image_that_breaks_mid_run_stops_with_a_clear_error(tmp_path):
 
 
 def test_num_processes_mismatch_is_refused_before_anything_is_written(tmp_path):
-    from training.cli import UsageError
+    from training.errors import UsageError
 
     with pytest.raises(UsageError, match=r"`num_processes`: 2 but this launch runs 1 process\(es\)\. Run: accelerate "
                                          r"launch --multi_gpu --num_processes 2 scripts/train\.py"):

@@ -37,8 +37,9 @@ from pipelines import (
 )
 from pipelines.portable import SHIPPED_CODE_MARKER
 from training import hub as sharing
+from training.builtin.shapes import make_shapes_dataset
 from training.config import load_config
-from training.data import make_shapes_dataset, write_imagefolder
+from training.data import write_imagefolder
 from training.train import main
 
 ROOT = Path(__file__).resolve().parents[1]

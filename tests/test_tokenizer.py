@@ -12,7 +12,7 @@ import sys
 import pytest
 from transformers import CLIPTokenizer
 
-from training.data import BACKGROUNDS, CAPTION_TEMPLATE, COLORS, SHAPES, SIZES
+from training.builtin.shapes import BACKGROUNDS, CAPTION_TEMPLATE, COLORS, SHAPES, SIZES
 from training.tokenizer import BOS, EOS, train_clip_tokenizer
 
 # Every caption the shapes grammar can produce (108).

@@ -17,8 +17,9 @@ from conftest import accelerate_launch, tiny
 from safetensors.torch import load_file
 
 from training.config import load_config
-from training.data import ImageCaptionDataset
-from training.train import EpochSampler, _drop_captions, main, sample_generators
+from training.data import EpochSampler, ImageCaptionDataset
+from training.run import sample_generators
+from training.train import drop_captions, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -43,10 +44,10 @@ def test_loss_falls_on_a_fixed_batch(tmp_path):
 def test_caption_dropout_rate():
     captions = ["a small red circle on a white background"] * 4000
     generators = [torch.Generator().manual_seed(i) for i in range(4000)]
-    dropped = _drop_captions(captions, 0.1, generators).count("")
+    dropped = drop_captions(captions, 0.1, generators).count("")
     assert abs(dropped / 4000 - 0.1) < 3 * (0.1 * 0.9 / 4000) ** 0.5 + 1e-3  # within ~3 sigma
-    assert _drop_captions(captions[:50], 0.0, generators[:50]).count("") == 0
-    assert _drop_captions(captions[:50], 1.0, generators[:50]).count("") == 50
+    assert drop_captions(captions[:50], 0.0, generators[:50]).count("") == 0
+    assert drop_captions(captions[:50], 1.0, generators[:50]).count("") == 50
 
 
 def test_sample_generators_depend_on_global_position_only():

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from pipelines import LatentDiffusionPipeline
 from training.models import load_unet
-from training.train import _cache_text_embeddings, _encode_text, main
+from training.train import cache_text_embeddings, caption_embeddings, main
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -147,9 +147,9 @@ def test_training_encodes_captions_exactly_as_the_pipeline(components):
     captions = ["a small red circle on a white background", "", "a large cyan triangle on a gray background"]
     accelerator = Accelerator(cpu=True)
     expected = pipe.encode_prompt(captions, "cpu", do_classifier_free_guidance=False)[0]
-    trained = _encode_text(captions, pipe.tokenizer, pipe.text_encoder, None, accelerator)
-    cached = _cache_text_embeddings(captions, pipe.tokenizer, pipe.text_encoder, accelerator)
+    trained = caption_embeddings(captions, pipe.tokenizer, pipe.text_encoder, None, accelerator)
+    cached = cache_text_embeddings(captions, pipe.tokenizer, pipe.text_encoder, accelerator)
     assert torch.equal(trained, expected)
     assert all(torch.equal(cached[c], e) for c, e in zip(captions, expected))
     components["text_encoder"].config.use_attention_mask = False  # the mask matters: without it, other embeddings
-    assert not torch.equal(_encode_text(captions, pipe.tokenizer, pipe.text_encoder, None, accelerator), expected)
+    assert not torch.equal(caption_embeddings(captions, pipe.tokenizer, pipe.text_encoder, None, accelerator), expected)

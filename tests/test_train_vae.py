@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 from training.checkpoint import list_checkpoints
 from training.config import load_config
 from training.data import load_train_dataset
-from training.train import NonFiniteLossError
-from training.train_vae import EMA_FOLDER, _measure, main
+from training.errors import NonFiniteLossError
+from training.train_vae import EMA_FOLDER, main, measure_latents
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -50,7 +50,7 @@ def test_train_vae_reduces_reconstruction_error_and_stores_scaling_factor(tmp_pa
     PartialState()
     set_seed(config.seed)
     untrained = AutoencoderKL(**config.vae_config).eval()  # the same initialisation main() starts from
-    _, error_before, _ = _measure(untrained, load_train_dataset(config), config)
+    _, error_before, _ = measure_latents(untrained, load_train_dataset(config), config)
 
     main(config)
     metrics = json.loads((tmp_path / "vae_metrics.json").read_text())

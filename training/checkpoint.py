@@ -24,18 +24,16 @@ from pathlib import Path
 
 from accelerate.logging import get_logger
 
-from .cli import TrainingError
+from pipelines.loading import folder_pickle_only, pickle_only
+
 from .config import RESUMABLE_CHANGES, config_to_dict
+from .errors import CheckpointWriteError
 
 logger = get_logger(__name__)
 
 STATE_FILE = "trainer_state.json"
 EMA_FOLDER = "unet_ema"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-
-
-class CheckpointWriteError(TrainingError):
-    pass
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -131,15 +129,17 @@ def pickled_weights(checkpoint: Path, ema_folder: str = EMA_FOLDER) -> list[str]
     writes `model[_i].safetensors` by default) and the EMA's `diffusion_pytorch_model.bin` in `ema_folder`. The
     optimizer, LR-schedule and RNG states are pickles whatever the settings; accelerate reads them with torch's
     `weights_only` unpickler, which builds tensors and plain containers and runs no code."""
+    weights = [p.name for p in checkpoint.iterdir() if p.is_file() and p.name.startswith(("model", "pytorch_model"))]
     found = []
-    for path in sorted(checkpoint.glob("pytorch_model*.bin")):
-        twin = "model" + path.name.removeprefix("pytorch_model").removesuffix(".bin") + ".safetensors"
-        if not (checkpoint / twin).is_file():
-            found.append(path.name)
-    ema = checkpoint / ema_folder
-    if (ema / "diffusion_pytorch_model.bin").is_file() and not (ema / "diffusion_pytorch_model.safetensors").is_file():
-        found.append(f"{ema_folder}/diffusion_pytorch_model.bin")
+    for model in sorted({_model_key(name) for name in weights}):  # accelerate's model, model_1, ...
+        found += pickle_only(name for name in weights if _model_key(name) == model)
+    found += [f"{ema_folder}/{name}" for name in folder_pickle_only(checkpoint / ema_folder)]
     return found
+
+
+def _model_key(name: str) -> str:
+    """"pytorch_model_1.bin" and "model_1.safetensors" are one model's weights in two formats: "model_1"."""
+    return name.removeprefix("pytorch_").partition(".")[0]
 
 
 def _differences(recorded: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:

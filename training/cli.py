@@ -1,10 +1,11 @@
-"""The command line shared by scripts/train.py and scripts/train_vae.py.
+"""The command lines of scripts/: `OneLineParser` and `fail` for every script (bad arguments are one line on stderr
+and exit code 2), and `run`, the command line shared by scripts/train.py and scripts/train_vae.py:
 
     python scripts/train.py --config configs/tiny.yaml [key=value | --key=value ...] [--dry_run] [--debug]
 
 Bad input (unknown key, wrong type, missing file, ...) prints one line and exits with code 2; a run that stops itself
 for a reason it can explain (non-finite loss, a full disk, see `TrainingError`) prints one line and exits with code 1.
-`--debug` shows the traceback instead.
+`--debug` shows the traceback instead. Imports no torch, so scripts check their arguments before loading it.
 """
 
 from __future__ import annotations
@@ -12,16 +13,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-class UsageError(Exception):
-    """A problem with what the user asked for; reported as one line, exit code 2."""
+from .errors import USER_ERRORS, TrainingError
 
 
-class TrainingError(RuntimeError):
-    """Training stopped for a reason its message explains, with what was kept and how to go on; one line, exit 1."""
+def fail(prog: str, message: str) -> None:
+    """A bad argument: one line on stderr, "<prog>: error: <message>", and exit code 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, UsageError)
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2 (argparse's own prints the usage block too).
+    Give `prog` (the script's file name): under a test runner sys.argv[0] is not the script."""
+
+    def error(self, message: str) -> None:
+        fail(self.prog, message)
 
 
 def parse(argv: list[str] | None, description: str):

@@ -28,9 +28,11 @@ from typing import Any
 
 import yaml
 
+from pipelines.loading import is_repo_id
+from pipelines.scheduling_ddpm import PREDICTION_TYPES
+
 # Vocabularies of the choice-valued keys (checked in `TrainConfig.__post_init__`).
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # The names `diffusers.optimization.get_scheduler` accepts without extra arguments (`piecewise_constant` needs
 # `step_rules`, which we don't expose).
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -46,35 +48,35 @@ _MIN_TOKENIZER_VOCAB = 2 * 256 + 2  # byte-level BPE: 256 bytes, each mid-word a
 _LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")  # the Hub's license ids: apache-2.0, cc-by-nc-4.0, other, ...
 
 
-# Keys a resumed run may set differently from the run that wrote the checkpoint: where it writes and logs, how often it
-# checkpoints, validates and judges, how long it trains (a decaying LR schedule then follows the new length), how it
-# loads and launches, and the VAE stage's keys. Every other key decides what is trained, so a checkpoint records them
-# (with the number of processes, which sets the effective batch) and a resume refuses one written with other values.
-RESUMABLE_CHANGES = frozenset({
-    "output_dir", "overwrite_output_dir", "report_to", "logging_dir", "tracker_project_name", "cache_dir",
-    "dataloader_num_workers", "allow_pickle", "max_train_steps", "non_finite_loss", "max_consecutive_non_finite",
-    "gradient_checkpointing", "num_processes", "ddp_timeout", "checkpointing_steps", "checkpoints_total_limit",
-    "resume_from_checkpoint", "validation_prompts", "validation_steps", "num_validation_images", "num_inference_steps",
-    "guidance_scale", "validation_seed", "eval_steps", "eval_guidance_scales", "eval_per_caption",
-    "eval_num_inference_steps", "push_to_hub", "hub_model_id", "hub_private", "model_license", "vae_output_dir",
-    "vae_max_train_steps", "vae_train_batch_size", "vae_learning_rate", "kl_weight",
-})  # fmt: skip
+# What each key is for, on the field itself (`_run`, `_diffusion`, `_vae` below), and the sets derived from that:
+# - run management (`_run`): where a run writes and logs, how often it checkpoints, validates and judges, how long it
+#   trains (a decaying LR schedule then follows the new length), how it loads and launches. A resumed run may set
+#   these differently from the run that wrote the checkpoint. Every other key decides what is trained, so a checkpoint
+#   records them (with the number of processes, which sets the effective batch) and a resume refuses one written with
+#   other values.
+# - stage (`_diffusion`, `_vae`): keys only one stage reads. The VAE stage (training/train_vae.py) builds
+#   AutoencoderKL(**vae_config) and trains it with the data, seed, optimizer, precision and EMA keys it shares with the
+#   diffusion stage; the diffusion-only keys decide only what stage 2 trains, and the VAE-only keys only stage 1.
+_RUN, _STAGE = "sculpt_resumable", "sculpt_stage"
 
-# The VAE stage (training/train_vae.py) builds AutoencoderKL(**vae_config) and trains it with the data, seed,
-# optimizer, precision and EMA keys it shares with the diffusion stage; it never reads these, which decide only what
-# stage 2 trains.
-DIFFUSION_ONLY_KEYS = frozenset({
-    "pretrained_model_name_or_path", "revision", "variant", "pretrained_unet", "unet_subfolder", "unet_config",
-    "pretrained_vae", "vae_subfolder", "pretrained_text_encoder", "text_encoder_subfolder", "text_encoder_config",
-    "pretrained_tokenizer", "tokenizer_subfolder", "tokenizer_vocab_size", "train_text_encoder", "scheduler_config",
-    "prediction_type", "zero_terminal_snr", "snr_gamma", "noise_offset", "cfg_dropout", "train_batch_size",
-    "learning_rate", "scale_lr", "allow_tf32", "cache_latents", "cache_text_embeddings",
-})  # fmt: skip
-# RESUMABLE_CHANGES for the VAE stage: the same run-management keys and every diffusion-only key may change, but its
-# own batch size, learning rate and KL weight decide what it trains (vae_config already does: it is in neither list).
-VAE_RESUMABLE_CHANGES = (RESUMABLE_CHANGES | DIFFUSION_ONLY_KEYS) - {
-    "vae_train_batch_size", "vae_learning_rate", "kl_weight",
-}  # fmt: skip
+
+def _key(default=dataclasses.MISSING, factory=dataclasses.MISSING, *, resumable: bool = False, stage: str = "both"):
+    return field(default=default, default_factory=factory, metadata={_RUN: resumable, _STAGE: stage})
+
+
+def _run(default=dataclasses.MISSING, factory=dataclasses.MISSING):
+    """A run-management key: may differ on resume."""
+    return _key(default, factory, resumable=True)
+
+
+def _diffusion(default=dataclasses.MISSING, factory=dataclasses.MISSING):
+    """A key only the diffusion stage (stage 2) reads."""
+    return _key(default, factory, stage="diffusion")
+
+
+def _vae(default=dataclasses.MISSING, factory=dataclasses.MISSING, resumable: bool = False):
+    """A key only the VAE stage (stage 1) reads; `resumable` when it only manages that stage's run."""
+    return _key(default, factory, resumable=resumable, stage="vae")
 
 
 def _default_vae_config() -> dict:
@@ -137,12 +139,12 @@ def _default_scheduler_config() -> dict:
 @dataclass
 class TrainConfig:
     # ---- run and outputs -------------------------------------------------------------------------------------------
-    output_dir: str = "sculpt-model"  # the trained pipeline, checkpoints and the resolved config.yaml go here
-    overwrite_output_dir: bool = False  # refuse to start in a non-empty output_dir unless set (or resuming)
+    output_dir: str = _run("sculpt-model")  # the trained pipeline, checkpoints and the resolved config.yaml go here
+    overwrite_output_dir: bool = _run(False)  # refuse to start in a non-empty output_dir unless set (or resuming)
     seed: int = 0  # seeds weights, noise, timesteps and per-sample augmentations, so a run can be repeated exactly
-    report_to: str = "tensorboard"  # "tensorboard" or "none"
-    logging_dir: str = "logs"  # tracker files, relative to output_dir (as in diffusers)
-    tracker_project_name: str = "sculpt"  # run name shown in TensorBoard
+    report_to: str = _run("tensorboard")  # "tensorboard" or "none"
+    logging_dir: str = _run("logs")  # tracker files, relative to output_dir (as in diffusers)
+    tracker_project_name: str = _run("sculpt")  # run name shown in TensorBoard
 
     # ---- data ------------------------------------------------------------------------------------------------------
     # Exactly one source: `dataset_name` ("shapes" = the built-in synthetic set, a Hub dataset id, or a folder written
@@ -150,7 +152,7 @@ class TrainConfig:
     dataset_name: str | None = None
     dataset_config_name: str | None = None  # the Hub dataset's configuration, if it has several
     train_data_dir: str | None = None
-    cache_dir: str | None = None  # where `datasets` caches downloads and Arrow files; None → its default
+    cache_dir: str | None = _run(None)  # where `datasets` caches downloads and Arrow files; None → its default
     image_column: str | None = None  # None → "image", else the first column with the datasets.Image feature
     caption_column: str | None = None  # None → the first of "text", "caption", "captions", "prompt"
     max_train_samples: int | None = None  # train on a random subset of this size (quick experiments, debugging)
@@ -161,44 +163,54 @@ class TrainConfig:
     center_crop: bool = False  # center crop instead of a random crop
     random_flip: bool = False  # horizontal flips; captions that say "left"/"right" would be made wrong by them
     image_interpolation_mode: str = "lanczos"  # resize filter (diffusers' default): nearest|box|bilinear|hamming|...
-    dataloader_num_workers: int = 0  # 0 → load in the main process (enough for small images)
+    dataloader_num_workers: int = _run(0)  # 0 → load in the main process (enough for small images)
 
     # ---- model parts: each is pretrained (its own key, else pretrained_model_name_or_path/<subfolder>) or built ----
-    pretrained_model_name_or_path: str | None = None  # a diffusers-layout repo or folder (unet/, vae/, text_encoder/..)
-    revision: str | None = None  # Hub revision (branch, tag or commit) of the pretrained parts, for reproducibility
-    variant: str | None = None  # weight file variant, e.g. "fp16": loads diffusion_pytorch_model.fp16.safetensors
+    # a diffusers-layout repo or folder (unet/, vae/, text_encoder/..)
+    pretrained_model_name_or_path: str | None = _diffusion(None)
+    # Hub revision (branch, tag or commit) of the pretrained parts, for reproducibility
+    revision: str | None = _diffusion(None)
+    # weight file variant, e.g. "fp16": loads diffusion_pytorch_model.fp16.safetensors
+    variant: str | None = _diffusion(None)
     # Weights load from safetensors only: a pickle file (*.bin, *.ckpt) can run arbitrary code when it is loaded, so
     # a part (or a checkpoint to resume) that has only pickled weights is refused. Set true only for a source you
     # trust: safetensors are still preferred where a part has both.
-    allow_pickle: bool = False
-    pretrained_unet: str | None = None  # path/Hub id of a UNet2DConditionModel, overrides the one from the repo
-    unet_subfolder: str | None = None
-    unet_config: dict[str, Any] = field(default_factory=_default_unet_config)  # UNet2DConditionModel(**unet_config)
-    pretrained_vae: str | None = None  # path/Hub id of an AutoencoderKL, e.g. the VAE stage's vae_output_dir
-    vae_subfolder: str | None = None
+    allow_pickle: bool = _run(False)
+    # path/Hub id of a UNet2DConditionModel, overrides the one from the repo
+    pretrained_unet: str | None = _diffusion(None)
+    unet_subfolder: str | None = _diffusion(None)
+    unet_config: dict[str, Any] = _diffusion(factory=_default_unet_config)  # UNet2DConditionModel(**unet_config)
+    # path/Hub id of an AutoencoderKL, e.g. the VAE stage's vae_output_dir
+    pretrained_vae: str | None = _diffusion(None)
+    vae_subfolder: str | None = _diffusion(None)
     vae_config: dict[str, Any] = field(default_factory=_default_vae_config)  # AutoencoderKL(**vae_config), VAE stage
-    pretrained_text_encoder: str | None = None  # path/Hub id of a CLIPTextModel
-    text_encoder_subfolder: str | None = None
-    text_encoder_config: dict[str, Any] = field(default_factory=_default_text_encoder_config)  # CLIPTextConfig kwargs
-    pretrained_tokenizer: str | None = None  # path/Hub id of a CLIPTokenizer; None → train a BPE on the captions
-    tokenizer_subfolder: str | None = None
-    tokenizer_vocab_size: int = 1000  # upper bound for the trained tokenizer (≥ 514: 2×256 byte symbols + BOS/EOS)
-    train_text_encoder: bool = False  # train it with the UNet (needed when it is built from scratch)
-    scheduler_config: dict[str, Any] = field(default_factory=_default_scheduler_config)  # our DDPMScheduler kwargs
+    pretrained_text_encoder: str | None = _diffusion(None)  # path/Hub id of a CLIPTextModel
+    text_encoder_subfolder: str | None = _diffusion(None)
+    text_encoder_config: dict[str, Any] = _diffusion(factory=_default_text_encoder_config)  # CLIPTextConfig kwargs
+    # path/Hub id of a CLIPTokenizer; None → train a BPE on the captions
+    pretrained_tokenizer: str | None = _diffusion(None)
+    tokenizer_subfolder: str | None = _diffusion(None)
+    # upper bound for the trained tokenizer (≥ 514: 2×256 byte symbols + BOS/EOS)
+    tokenizer_vocab_size: int = _diffusion(1000)
+    train_text_encoder: bool = _diffusion(False)  # train it with the UNet (needed when it is built from scratch)
+    scheduler_config: dict[str, Any] = _diffusion(factory=_default_scheduler_config)  # our DDPMScheduler kwargs
 
     # ---- diffusion objective ---------------------------------------------------------------------------------------
-    prediction_type: str = "epsilon"  # ε (DDPM, arXiv 2006.11239), v (arXiv 2202.00512) or x_0 ("sample")
-    zero_terminal_snr: bool = False  # rescale β so the last step is pure noise, arXiv 2305.08891 (needs v_prediction)
-    snr_gamma: float | None = None  # Min-SNR-γ loss weighting, arXiv 2303.09556 (5.0 recommended); None → plain MSE
-    noise_offset: float = 0.0  # for very dark/bright images: crosslabs.org/blog/diffusion-with-offset-noise
-    cfg_dropout: float = 0.1  # caption → "" with this probability: classifier-free guidance, arXiv 2207.12598
+    prediction_type: str = _diffusion("epsilon")  # ε (DDPM, arXiv 2006.11239), v (arXiv 2202.00512) or x_0 ("sample")
+    # rescale β so the last step is pure noise, arXiv 2305.08891 (needs v_prediction)
+    zero_terminal_snr: bool = _diffusion(False)
+    # Min-SNR-γ loss weighting, arXiv 2303.09556 (5.0 recommended); None → plain MSE
+    snr_gamma: float | None = _diffusion(None)
+    noise_offset: float = _diffusion(0.0)  # for very dark/bright images: crosslabs.org/blog/diffusion-with-offset-noise
+    # caption → "" with this probability: classifier-free guidance, arXiv 2207.12598
+    cfg_dropout: float = _diffusion(0.1)
 
     # ---- optimization ----------------------------------------------------------------------------------------------
-    max_train_steps: int = 10_000  # optimizer steps (each spans gradient_accumulation_steps batches)
-    train_batch_size: int = 16  # per device
+    max_train_steps: int = _run(10_000)  # optimizer steps (each spans gradient_accumulation_steps batches)
+    train_batch_size: int = _diffusion(16)  # per device
     gradient_accumulation_steps: int = 1  # effective batch = train_batch_size × accumulation × processes
-    learning_rate: float = 1e-4  # diffusers' default for UNet training with AdamW
-    scale_lr: bool = False  # multiply learning_rate by the effective batch size (as diffusers does)
+    learning_rate: float = _diffusion(1e-4)  # diffusers' default for UNet training with AdamW
+    scale_lr: bool = _diffusion(False)  # multiply learning_rate by the effective batch size (as diffusers does)
     lr_scheduler: str = "constant"  # a diffusers.optimization.get_scheduler name
     lr_warmup_steps: int = 0  # linear warmup; needs a *_with_warmup or decaying schedule ("constant" ignores it)
     adam_beta1: float = 0.9
@@ -209,27 +221,28 @@ class TrainConfig:
     # A NaN/inf loss or gradient never reaches the weights. "skip": drop that update and go on (one bad batch or a
     # rare spike), but stop after `max_consecutive_non_finite` in a row (the run has diverged); "stop": stop at the
     # first. Stopping raises without writing a checkpoint, so the last good one stays the latest.
-    non_finite_loss: str = "skip"
-    max_consecutive_non_finite: int = 10
+    non_finite_loss: str = _run("skip")
+    max_consecutive_non_finite: int = _run(10)
 
     # ---- speed and memory ------------------------------------------------------------------------------------------
     mixed_precision: str = "no"  # "fp16" / "bf16" autocast on GPUs (Accelerate); master weights stay float32
-    allow_tf32: bool = False  # TF32 matmuls on Ampere+ GPUs: faster, slightly less exact; false keeps torch's default
-    gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~25% slower
+    # TF32 matmuls on Ampere+ GPUs: faster, slightly less exact; false keeps torch's default
+    allow_tf32: bool = _diffusion(False)
+    gradient_checkpointing: bool = _run(False)  # recompute UNet activations in backward: less memory, ~25% slower
     # Encode each image with the frozen VAE once instead of every step. One view per image is cached, so it cannot
     # be combined with random flips or random crops (they would be the same every epoch).
-    cache_latents: bool = False
-    cache_text_embeddings: bool = False  # encode each caption with the frozen text encoder once
+    cache_latents: bool = _diffusion(False)
+    cache_text_embeddings: bool = _diffusion(False)  # encode each caption with the frozen text encoder once
 
     # ---- processes (set by `accelerate launch`) -------------------------------------------------------------------
     # The number of processes this run is meant for (its effective batch, and so its learning rate, depend on it);
     # a launch with another number is refused. `accelerate launch --num_processes 2` without --multi_gpu runs one
     # process on a CPU machine, silently. None → whatever the launch gives.
-    num_processes: int | None = None
+    num_processes: int | None = _run(None)
     # Seconds a process waits in a collective (all-reduce, barrier) before giving up. A rank that dies is noticed by
     # the launcher (torchrun ends the others) and by gloo's broken connections; this bounds a rank that hangs.
     # 30 min (torch's default) leaves room for the main process's validation and final save.
-    ddp_timeout: int = 1800
+    ddp_timeout: int = _run(1800)
 
     # ---- exponential moving average of the UNet weights (what gets saved and sampled) ------------------------------
     use_ema: bool = False
@@ -239,43 +252,46 @@ class TrainConfig:
     ema_power: float = 2 / 3  # EMAModel power: 2/3 suits runs of ~1M steps, 3/4 shorter ones
 
     # ---- checkpoints -----------------------------------------------------------------------------------------------
-    checkpointing_steps: int | None = 500  # save the full training state every N steps; None → only at the end
-    checkpoints_total_limit: int | None = None  # keep only the newest N checkpoints; None → keep all
-    resume_from_checkpoint: str | None = None  # "latest" (newest complete one in output_dir) or a checkpoint path
+    checkpointing_steps: int | None = _run(500)  # save the full training state every N steps; None → only at the end
+    checkpoints_total_limit: int | None = _run(None)  # keep only the newest N checkpoints; None → keep all
+    resume_from_checkpoint: str | None = _run(None)  # "latest" (newest complete one in output_dir) or a checkpoint path
 
     # ---- validation (sampled images logged during training) --------------------------------------------------------
-    validation_prompts: list[str] = field(default_factory=list)
-    validation_steps: int | None = None  # sample every N steps; None → never (needs validation_prompts)
-    num_validation_images: int = 1  # per prompt
-    num_inference_steps: int = 50  # sampler steps for validation images
-    guidance_scale: float = 7.5  # classifier-free guidance scale, arXiv 2207.12598; ≤ 1 disables guidance
-    validation_seed: int | None = None  # None → `seed`; fixed so validation images are comparable across steps
+    validation_prompts: list[str] = _run(factory=list)
+    validation_steps: int | None = _run(None)  # sample every N steps; None → never (needs validation_prompts)
+    num_validation_images: int = _run(1)  # per prompt
+    num_inference_steps: int = _run(50)  # sampler steps for validation images
+    guidance_scale: float = _run(7.5)  # classifier-free guidance scale, arXiv 2207.12598; ≤ 1 disables guidance
+    validation_seed: int | None = _run(None)  # None → `seed`; fixed so validation images are comparable across steps
 
-    # ---- shapes judge at validation time (training/evaluate.py; only with dataset_name: shapes) -------------------
+    # ---- shapes judge at validation time (training/judges/shapes.py; only with dataset_name: shapes) ------------
     # Every N steps and at the end, generate each of the 108 captions of the shapes grammar with the EMA weights and
     # read size, colour, shape and background back off the pixels; accuracies go to the trackers (eval/<scale>/<attr>)
     # and to eval_history.json. None → never.
-    eval_steps: int | None = None
-    eval_guidance_scales: list[float] = field(default_factory=lambda: [1.0, 3.0])  # compared on the same noise
-    eval_per_caption: int = 1  # images per caption (108 captions); more gives steadier accuracies, slower
-    eval_num_inference_steps: int = 50  # sampler steps per judged image
+    eval_steps: int | None = _run(None)
+    eval_guidance_scales: list[float] = _run(factory=lambda: [1.0, 3.0])  # compared on the same noise
+    eval_per_caption: int = _run(1)  # images per caption (108 captions); more gives steadier accuracies, slower
+    eval_num_inference_steps: int = _run(50)  # sampler steps per judged image
 
     # ---- Hub -------------------------------------------------------------------------------------------------------
     # No hub_token key: the resolved config is saved beside the outputs, which would leak it. Use `hf auth login`
     # or the HF_TOKEN environment variable.
-    push_to_hub: bool = False  # push the final pipeline folder and its model card (training/hub.py); main process
-    hub_model_id: str | None = None  # "user/repo" (or "repo", in your own namespace) to push the final pipeline to
-    hub_private: bool = False  # create the repo private, so a first push is not public; an existing repo keeps its own
+    push_to_hub: bool = _run(False)  # push the final pipeline folder and its model card (training/hub.py); main process
+    # "user/repo" (or "repo", in your own namespace) to push the final pipeline to
+    hub_model_id: str | None = _run(None)
+    # create the repo private, so a first push is not public; an existing repo keeps its own
+    hub_private: bool = _run(False)
     # The model card's `license:` (a Hub license id). No default fits every run: weights trained from scratch are
     # yours to license, a fine-tune inherits its base model's (e.g. creativeml-openrail-m for SD 1.x), so say it.
-    model_license: str = "other"
+    model_license: str = _run("other")
 
     # ---- VAE stage (scripts/train_vae.py): trains AutoencoderKL(**vae_config) on the same data -------------------
-    vae_output_dir: str = "sculpt-vae"  # where the trained VAE is saved; point pretrained_vae here for stage 2
-    vae_max_train_steps: int = 10_000
-    vae_train_batch_size: int = 16
-    vae_learning_rate: float = 1e-4
-    kl_weight: float = 1e-6  # KL-regularised autoencoder (LDM, arXiv 2112.10752 App. G): a slight pull to N(0, I)
+    # where the trained VAE is saved; point pretrained_vae here for stage 2
+    vae_output_dir: str = _vae("sculpt-vae", resumable=True)
+    vae_max_train_steps: int = _vae(10_000, resumable=True)
+    vae_train_batch_size: int = _vae(16)
+    vae_learning_rate: float = _vae(1e-4)
+    kl_weight: float = _vae(1e-6)  # KL-regularised autoencoder (LDM, arXiv 2112.10752 App. G): a slight pull to N(0, I)
 
     def __post_init__(self):
         # 1. Types: every field holds its declared type (int promotes to float), whoever built the config.
@@ -387,9 +403,9 @@ class TrainConfig:
                    f"`resolution`: {self.resolution} must be divisible by the VAE's downsampling factor {factor} "
                    f"(2 ** (len(vae_config.block_out_channels) - 1)).")
         unet, vae, text = self.unet_config, self.vae_config, self.text_encoder_config
-        if self._from_scratch("unet") and self._from_scratch("text_encoder"):
+        if not self.is_pretrained("unet") and not self.is_pretrained("text_encoder"):
             _check_equal("unet_config.cross_attention_dim", unet, "text_encoder_config.hidden_size", text)
-        if self._from_scratch("unet") and self._from_scratch("vae"):
+        if not self.is_pretrained("unet") and not self.is_pretrained("vae"):
             _check_equal("unet_config.in_channels", unet, "vae_config.latent_channels", vae)
             if factor is not None and "sample_size" in unet:
                 _check(unet["sample_size"] * factor == self.resolution,
@@ -402,8 +418,35 @@ class TrainConfig:
         blocks = self.vae_config.get("block_out_channels")
         return 2 ** (len(blocks) - 1) if isinstance(blocks, (list, tuple)) and blocks else None
 
-    def _from_scratch(self, part: str) -> bool:
-        return not getattr(self, f"pretrained_{part}") and not self.pretrained_model_name_or_path
+    def pretrained_source(self, part: str) -> tuple[str | None, str | None, str | None]:
+        """Where `part` ("unet", "vae", "text_encoder", "tokenizer", "scheduler") is loaded from: (path or Hub id,
+        subfolder, the config key that named it), or (None, None, None) when it is built from its `<part>_config`.
+        Its own `pretrained_<part>` key (with `<part>_subfolder`) wins over `pretrained_model_name_or_path`, whose
+        diffusers layout has the part in the subfolder named after it (the scheduler has no key of its own)."""
+        own = getattr(self, f"pretrained_{part}", None)
+        if own:
+            return own, getattr(self, f"{part}_subfolder", None), f"pretrained_{part}"
+        if self.pretrained_model_name_or_path:
+            return self.pretrained_model_name_or_path, part, "pretrained_model_name_or_path"
+        return None, None, None
+
+    def is_pretrained(self, part: str) -> bool:
+        return self.pretrained_source(part)[0] is not None
+
+
+# ---- the sets the field metadata defines (see `_key`) ------------------------------------------------------------------
+def _keys(resumable: bool | None = None, stage: str | None = None) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(TrainConfig)
+                     if (resumable is None or f.metadata.get(_RUN, False) == resumable)
+                     and (stage is None or f.metadata.get(_STAGE, "both") == stage))  # fmt: skip
+
+
+# Keys a resumed diffusion run may change: run management, and what only the VAE stage reads.
+RESUMABLE_CHANGES = _keys(resumable=True) | _keys(stage="vae")
+# Keys only the diffusion stage reads (the VAE stage never does).
+DIFFUSION_ONLY_KEYS = _keys(stage="diffusion")
+# Keys a resumed VAE run may change: run management, and what only the diffusion stage reads.
+VAE_RESUMABLE_CHANGES = _keys(resumable=True) | DIFFUSION_ONLY_KEYS
 
 
 # ---- loading and saving ----------------------------------------------------------------------------------------------
@@ -645,17 +688,6 @@ def _from_yaml(key: str, value: Any, tp) -> Any:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
-
-
-def is_repo_id(repo_id: str) -> bool:
-    """Whether `repo_id` is a valid Hub repo id, "name" or "namespace/name", by huggingface_hub's own rule."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id  # the client's own rule
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        return False
-    return True
 
 
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

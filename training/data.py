@@ -1,13 +1,16 @@
-"""Training data: the built-in captioned-shapes dataset, loading any image/caption dataset with `datasets`, and the
-transforms and collate that feed the training loop (which tokenizes; nothing here does).
+"""Training data, from a source to a batch: loading any image/caption dataset with `datasets` (or a built-in one,
+training/builtin/), checking it, the transform, the torch dataset, the epoch sampler and the data loader that feed
+both training stages (which tokenize; nothing here does).
 
-Sources (exactly one, see `TrainConfig`): `dataset_name: shapes` (generated here), a Hub dataset id, a folder written
-by `datasets.save_to_disk`, or `train_data_dir`, an imagefolder whose `metadata.jsonl` lines hold `file_name` and the
-caption (the diffusers convention).
+Sources (exactly one, see `TrainConfig`): `dataset_name: shapes` (a built-in dataset), a Hub dataset id, a folder
+written by `datasets.save_to_disk`, or `train_data_dir`, an imagefolder whose `metadata.jsonl` lines hold `file_name`
+and the caption (the diffusers convention).
 
 Determinism: every random choice for a sample (crop offset, flip, which of several captions) comes from its own
 `torch.Generator` seeded from (seed, epoch, index), see `sample_generator`. So a sample's augmentation doesn't depend on
 shuffling, batch size, the number of dataloader workers or processes, or on how many batches a resumed run skipped.
+The training loop seeds its per-sample noise the same way (`training.run.sample_generators`): both through
+`seeded_generator`.
 """
 
 from __future__ import annotations
@@ -22,91 +25,18 @@ import datasets
 import numpy as np
 import torch
 from accelerate.logging import get_logger
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageOps
 
+from pipelines.loading import looks_like_path
+
+from .builtin.shapes import make_shapes_dataset
 from .config import BUILTIN_DATASETS, IMAGE_INTERPOLATION_MODES, TrainConfig
 
 logger = get_logger(__name__)
 
-# ---- the built-in "shapes" dataset -----------------------------------------------------------------------------------
-# Caption grammar, exported so an evaluator can read the attributes back off generated pixels.
-CAPTION_TEMPLATE = "a {size} {color} {shape} on a {background} background"
-SIZES = ("small", "large")
-# Side (square), diameter (circle) or base = height (triangle) as a fraction of the image width; the shape's bounding
-# box of pixels is exactly that extent, rounded to whole pixels inside the range.
-SIZE_RANGES = {"small": (0.25, 0.40), "large": (0.55, 0.75)}
-COLORS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 210, 40),
-    "purple": (150, 60, 200),
-    "cyan": (40, 200, 210),
-}
-SHAPES = ("circle", "square", "triangle")  # square axis-aligned; triangle isosceles, apex up
-BACKGROUNDS = {"white": (245, 245, 245), "black": (20, 20, 20), "gray": (128, 128, 128)}
-MIN_SHAPES_RESOLUTION = 8  # below this a small shape is a pixel or two and its kind can't be told
-
 IMAGE_COLUMN, CAPTION_COLUMN = "image", "text"  # what `load_train_dataset` renames the chosen columns to
 CAPTION_COLUMN_CANDIDATES = ("text", "caption", "captions", "prompt")
 _RESAMPLING = {name: getattr(Image.Resampling, name.upper()) for name in IMAGE_INTERPOLATION_MODES}
-
-
-def _extent_range(size: str, resolution: int) -> tuple[int, int]:
-    """Smallest and largest whole-pixel extent whose fraction of `resolution` lies in SIZE_RANGES[size]."""
-    low, high = SIZE_RANGES[size]
-    return int(np.ceil(low * resolution)), int(np.floor(high * resolution))
-
-
-def make_shapes_sample(index: int, resolution: int, seed: int) -> tuple[Image.Image, dict[str, str]]:
-    """Sample `index` of the shapes dataset: (RGB image, {"text", "size", "color", "shape", "background"}).
-
-    Each sample has its own generator seeded from (seed, index), so any sample can be made alone and a larger dataset
-    starts with the smaller one. Attributes, extent and position are uniform over their ranges. The fill is exact,
-    without antialiasing: every pixel is either the background colour or the shape colour, which keeps the palette
-    exact for reading attributes back (the models blur edges anyway; 4× supersampling would add mixed-colour pixels).
-    """
-    rng = np.random.default_rng([seed, index])
-    size = SIZES[rng.integers(len(SIZES))]
-    color = list(COLORS)[rng.integers(len(COLORS))]
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
-    low, high = _extent_range(size, resolution)
-    extent = int(rng.integers(low, high + 1))
-    x, y = (int(v) for v in rng.integers(0, resolution - extent + 1, size=2))  # top-left; shape fully inside
-
-    image = Image.new("RGB", (resolution, resolution), BACKGROUNDS[background])
-    draw = ImageDraw.Draw(image)
-    right, bottom = x + extent - 1, y + extent - 1  # PIL boxes are inclusive: these give exactly `extent` pixels
-    if shape == "circle":
-        draw.ellipse((x, y, right, bottom), fill=COLORS[color])
-    elif shape == "square":
-        draw.rectangle((x, y, right, bottom), fill=COLORS[color])
-    else:
-        draw.polygon([(x, bottom), (right, bottom), (x + (extent - 1) / 2, y)], fill=COLORS[color])
-    attributes = {"size": size, "color": color, "shape": shape, "background": background}
-    return image, {"text": CAPTION_TEMPLATE.format(**attributes), **attributes}
-
-
-def make_shapes_dataset(num_samples: int, resolution: int, seed: int) -> datasets.Dataset:
-    """The built-in dataset: columns `image` (datasets.Image, PNG), `text` and `size`/`color`/`shape`/`background`.
-    Deterministic: the same arguments give identical pixels."""
-    if num_samples < 1:
-        raise ValueError(f"`num_samples`: {num_samples} must be ≥ 1.")
-    if resolution < MIN_SHAPES_RESOLUTION:
-        raise ValueError(f"`resolution`: {resolution} must be ≥ {MIN_SHAPES_RESOLUTION} for the shapes dataset.")
-    if seed < 0:
-        raise ValueError(f"`seed`: {seed} must be ≥ 0.")
-    columns: dict[str, list] = {"image": [], "text": [], "size": [], "color": [], "shape": [], "background": []}
-    for index in range(num_samples):
-        image, attributes = make_shapes_sample(index, resolution, seed)
-        columns["image"].append(image)
-        for key, value in attributes.items():
-            columns[key].append(value)
-    features = datasets.Features(
-        {"image": datasets.Image(), **{key: datasets.Value("string") for key in columns if key != "image"}}
-    )
-    return datasets.Dataset.from_dict(columns, features=features)
 
 
 def write_imagefolder(dataset: datasets.Dataset, output_dir: str | Path) -> Path:
@@ -163,7 +93,7 @@ def _load_source(config: TrainConfig) -> tuple[datasets.Dataset, str]:
         saved_markers = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
         if path.is_dir() and any((path / marker).is_file() for marker in saved_markers):
             return _train_split(datasets.load_from_disk(str(path)), f"`dataset_name`: {name!r}"), f"{name!r}"
-        if name.startswith(("/", ".", "~")) and not path.exists():
+        if looks_like_path(name) and not path.exists():
             raise FileNotFoundError(f"`dataset_name`: {name!r} looks like a path but does not exist.")
         loaded = datasets.load_dataset(name, config.dataset_config_name, cache_dir=config.cache_dir)
         return _train_split(loaded, f"`dataset_name`: {name!r}"), f"{name!r}"
@@ -307,14 +237,39 @@ def all_captions(dataset: datasets.Dataset) -> list[str]:
 # ---- transforms, the torch dataset and collate -----------------------------------------------------------------------
 
 
+# CPython's tuple hash (Python ≥ 3.8: xxHash64's lane mixing, Objects/tupleobject.c) of non-negative integers, written
+# out so that seeds do not depend on the Python version: `mix_seed(*keys) == hash(keys) % 2**63` (tests check it),
+# which is what sculpt has seeded per-sample generators with since its first release.
+_XXPRIME_1, _XXPRIME_2, _XXPRIME_5 = 11400714785074694791, 14029467366897019727, 2870177450012600261
+_MASK64, _HASH_MODULUS = 2**64 - 1, 2**61 - 1  # hash(n) = n mod (2**61 - 1) for integers n ≥ 0
+
+
+def mix_seed(*keys: int) -> int:
+    """One seed in [0, 2**63) from non-negative integer `keys` (seed, step, index, ...); nearby keys give unrelated
+    seeds, and a different number of keys gives a different stream."""
+    accumulator = _XXPRIME_5
+    for key in keys:
+        if not isinstance(key, int) or key < 0:
+            raise ValueError(f"`keys`: {key!r} must be a non-negative integer.")
+        accumulator = (accumulator + (key % _HASH_MODULUS) * _XXPRIME_2) & _MASK64
+        accumulator = ((accumulator << 31) | (accumulator >> 33)) & _MASK64
+        accumulator = (accumulator * _XXPRIME_1) & _MASK64
+    accumulator = (accumulator + (len(keys) ^ (_XXPRIME_5 ^ 3527539))) & _MASK64
+    signed = accumulator - 2**64 if accumulator >= 2**63 else accumulator
+    return (1546275796 if signed == -1 else signed) % 2**63
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded by `mix_seed(*keys)`: the one way sculpt seeds per-sample randomness."""
+    return torch.Generator().manual_seed(mix_seed(*keys))
+
+
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """The generator for one sample's random choices, from (seed, epoch, index) mixed by numpy's SeedSequence (so
-    nearby seeds/indices give unrelated streams)."""
-    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    """The generator for one sample's random choices (crop, flip, caption), from (seed, epoch, index)."""
+    return seeded_generator(seed, epoch, index)
 
 
-def preprocess_image(
+def train_transform(
     image: Image.Image,
     resolution: int,
     center_crop: bool = False,
@@ -413,7 +368,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
                 f"Cannot read image {_image_name(row[IMAGE_COLUMN], index)}: {error}. It could be read when training "
                 f"started, so it changed on disk since; restore it and resume with resume_from_checkpoint=latest."
             ) from error
-        pixel_values = preprocess_image(
+        pixel_values = train_transform(
             image, self.resolution, self.center_crop, self.random_flip, self.interpolation, generator
         )
         caption = pick_caption(row[CAPTION_COLUMN], generator if self.train else None)
@@ -427,3 +382,68 @@ def collate_fn(examples: list[dict[str, Any]]) -> dict[str, Any]:
         "pixel_values": pixel_values.to(memory_format=torch.contiguous_format).float(),
         "captions": [example["caption"] for example in examples],
     }
+
+
+# ---- order and batches -----------------------------------------------------------------------------------------------
+class EpochSampler(torch.utils.data.Sampler):
+    """A permutation of the dataset per epoch, drawn from (seed, epoch) alone, so every process and every resumed
+    run agrees on the order. `set_epoch` also moves the dataset's per-sample augmentation stream."""
+
+    def __init__(self, dataset: ImageCaptionDataset, seed: int, shuffle: bool = True):
+        self.dataset, self.seed, self.shuffle, self.epoch = dataset, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(len(self.dataset)))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
+
+
+class _WithIndex(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "index": index}
+
+
+def _collate_with_index(examples: list[dict]) -> dict:
+    return {**collate_fn(examples), "indices": [example["index"] for example in examples]}
+
+
+def build_train_dataloader(dataset, config, batch_size: int | None = None, shuffle: bool = True, augment: bool = True):
+    """(DataLoader, EpochSampler) over `dataset` with the config's transforms; batches carry `pixel_values`,
+    `captions` and dataset `indices`. `augment=False` gives the deterministic view (center crop, no flip)."""
+    torch_dataset = ImageCaptionDataset.from_config(dataset, config, train=augment)
+    if not augment:
+        torch_dataset.center_crop, torch_dataset.random_flip = True, False
+    torch_dataset = _WithIndex(torch_dataset)
+    batch_size = batch_size or config.train_batch_size
+    if shuffle and len(torch_dataset) < batch_size:
+        raise ValueError(
+            f"`train_batch_size`: {batch_size} is larger than the dataset ({len(torch_dataset)} examples); "
+            f"lower it or add data."
+        )
+    sampler = EpochSampler(torch_dataset, config.seed, shuffle=shuffle)
+    loader = torch.utils.data.DataLoader(
+        torch_dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=_collate_with_index,
+        num_workers=config.dataloader_num_workers,
+        drop_last=shuffle,  # every training step sees a full batch, so per-process batches line up under DDP
+    )
+    return loader, sampler

@@ -28,9 +28,12 @@ from typing import Any
 
 from diffusers.utils import logging
 
-from .cli import TrainingError
-from .config import TrainConfig, load_config
-from .data import BACKGROUNDS, BUILTIN_DATASETS, CAPTION_TEMPLATE, COLORS, SHAPES, SIZES
+from pipelines.latents import vae_scale_factor
+from pipelines.loading import PICKLE_SUFFIXES, folder_pickle_only, is_hub_id, is_repo_id
+
+from .builtin.shapes import BACKGROUNDS, CAPTION_TEMPLATE, COLORS, SHAPES, SIZES
+from .config import BUILTIN_DATASETS, TrainConfig, load_config
+from .errors import PushError
 
 logger = logging.get_logger(__name__)  # not accelerate's: scripts/push_to_hub.py runs without an Accelerator
 
@@ -40,10 +43,6 @@ SAMPLES_DIR = "samples"  # one PNG per validation image, for the card's widget (
 RECORD_FILES = ("README.md", "config.yaml", "samples.png", "loss.png", "loss_history.json")
 _TEMPORARY = re.compile(r"(\.tmp|\.lock|\.incomplete|\.partial|~)$|^\.|^__pycache__$")
 _USAGE = re.compile(r"(<!-- sculpt:usage -->.*?from_pretrained\()\"[^\"]*\"(.*?<!-- /sculpt:usage -->)", re.DOTALL)
-
-
-class PushError(TrainingError):
-    """The Hub or the network refused a push; the message says why. The local folder is unchanged."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -91,19 +90,10 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _is_hub_id(value: str | None) -> bool:
-    """A Hub repo id rather than a local folder (a relative path that exists here counts as local)."""
-    if not value or value.startswith(("/", ".", "~")) or Path(value).expanduser().exists():
-        return False
-    from .config import is_repo_id
-
-    return is_repo_id(value)
-
-
 def _pretrained_sources(config: TrainConfig) -> dict[str, str]:
-    parts = {"model": config.pretrained_model_name_or_path}
-    parts.update({part: getattr(config, f"pretrained_{part}") for part in ("unet", "vae", "text_encoder", "tokenizer")})
-    return {part: source for part, source in parts.items() if source}
+    """The pretrained parts of the run and where each came from (a folder or a Hub id)."""
+    sources = {part: config.pretrained_source(part)[0] for part in ("unet", "vae", "text_encoder", "tokenizer")}
+    return {part: source for part, source in sources.items() if source}
 
 
 def _snippet(model: str, prompt: str, steps: int, guidance: float, seed: int) -> str:
@@ -223,7 +213,7 @@ def build_model_card(
     vae = _read_json(folder / "vae" / "config.json") or {}
     resolution = None
     if unet.get("sample_size") and vae.get("block_out_channels"):
-        resolution = unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+        resolution = unet["sample_size"] * vae_scale_factor(vae)
     code_files = [f"{stem}.py"] + [
         f"{name}/{entry[0]}.py" for name, entry in index.items()
         if not name.startswith("_") and isinstance(entry, list) and (folder / name / f"{entry[0]}.py").is_file()
@@ -238,8 +228,8 @@ def build_model_card(
         prompt = config.validation_prompts[0] if config.validation_prompts else prompt
         steps, guidance = config.num_inference_steps, config.guidance_scale
         seed = config.validation_seed if config.validation_seed is not None else config.seed
-        base_models = sorted({s for s in _pretrained_sources(config).values() if _is_hub_id(s)})
-        if config.dataset_name not in BUILTIN_DATASETS and _is_hub_id(config.dataset_name):
+        base_models = sorted({s for s in _pretrained_sources(config).values() if is_hub_id(s)})
+        if config.dataset_name not in BUILTIN_DATASETS and is_hub_id(config.dataset_name):
             datasets_ = [config.dataset_name]
 
     card_data = ModelCardData(
@@ -341,12 +331,12 @@ def pipeline_files(folder: str | Path) -> list[str]:
             raise ValueError(f"`folder`: {str(folder)!r} lists the component `{name}` but has no {name}/ folder.")
         if entry[0] not in ("diffusers", "transformers") and not (component / f"{entry[0]}.py").is_file():
             raise ValueError(f"`folder`: {name}/{entry[0]}.py is missing (model_index.json names it); {resave}")
-        pickled = [p.name for p in component.glob("*.bin")]
-        if pickled and not list(component.glob("*.safetensors")):
+        pickled = folder_pickle_only(component)
+        if pickled:
             raise ValueError(f"`folder`: {name}/ holds pickle weights ({', '.join(pickled)}) and no safetensors; "
                              "re-save with `safe_serialization=True`.")
         files += [p.relative_to(folder).as_posix() for p in sorted(component.rglob("*"))
-                  if p.is_file() and not _is_temporary(p.relative_to(folder)) and p.suffix != ".bin"]
+                  if p.is_file() and not _is_temporary(p.relative_to(folder)) and not p.name.endswith(PICKLE_SUFFIXES)]
     files += [name for name in RECORD_FILES if (folder / name).is_file()]
     files += [p.relative_to(folder).as_posix() for p in sorted((folder / SAMPLES_DIR).glob("*.png"))]
     return files
@@ -380,8 +370,6 @@ def check_push(repo_id: str, endpoint: str | None = None) -> str:
     (huggingface_hub's `create_repo(exist_ok=True)` does not catch a repo someone else owns: it answers 403, then
     finds the public repo and returns as if all were well; the upload fails later). Returns "namespace/name"."""
     from huggingface_hub import HfApi, get_token
-
-    from .config import is_repo_id
 
     if not is_repo_id(repo_id):
         raise ValueError(f"`repo_id`: {repo_id!r} is not a Hub repo id; use 'user/name' or 'name'.")

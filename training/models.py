@@ -21,8 +21,9 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from pipelines import DDPMScheduler
+from pipelines.latents import vae_scale_factor
+from pipelines.loading import PICKLE_SUFFIXES, SAFE_SUFFIXES, looks_like_path, pickles_of, safetensors_of
 
-from .config import is_repo_id
 from .tokenizer import train_clip_tokenizer
 
 logger = get_logger(__name__)
@@ -36,19 +37,6 @@ PARTS = {
     "unet": ("config.json", True),
     "scheduler": ("scheduler_config.json", False),
 }
-SAFE_SUFFIXES = (".safetensors", ".safetensors.index.json")
-PICKLE_SUFFIXES = (".bin", ".bin.index.json", ".ckpt", ".pt", ".pth", ".pkl")
-
-
-def _source(config, part: str, subfolder: str | None = None) -> tuple[str | None, str | None, str | None]:
-    """(path or hub id, subfolder, the config key that named it) to load `part` from, or (None, None, None) to build
-    it from its config dict. `subfolder` defaults to the diffusers layout's: the part's name."""
-    own = getattr(config, f"pretrained_{part}", None)
-    if own:
-        return own, getattr(config, f"{part}_subfolder", None), f"pretrained_{part}"
-    if config.pretrained_model_name_or_path:
-        return config.pretrained_model_name_or_path, subfolder or part, "pretrained_model_name_or_path"
-    return None, None, None
 
 
 def _from_pretrained_kwargs(config, subfolder: str | None, weights: bool = False) -> dict:
@@ -83,7 +71,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def load_tokenizer(config, captions: Iterable[str] | None = None) -> CLIPTokenizer:
-    path, subfolder, key = _source(config, "tokenizer")
+    path, subfolder, key = config.pretrained_source("tokenizer")
     if path:
         return _from_pretrained(CLIPTokenizer, config, "tokenizer", path, subfolder, key)
     if captions is None:
@@ -94,7 +82,7 @@ def load_tokenizer(config, captions: Iterable[str] | None = None) -> CLIPTokeniz
 
 
 def load_text_encoder(config, tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    path, subfolder, key = _source(config, "text_encoder")
+    path, subfolder, key = config.pretrained_source("text_encoder")
     if path:
         return _from_pretrained(CLIPTextModel, config, "text encoder", path, subfolder, key, weights=True)
     text_config = CLIPTextConfig(
@@ -108,7 +96,7 @@ def load_text_encoder(config, tokenizer: CLIPTokenizer) -> CLIPTextModel:
 
 
 def load_vae(config) -> AutoencoderKL:
-    path, subfolder, key = _source(config, "vae")
+    path, subfolder, key = config.pretrained_source("vae")
     if path:
         return _from_pretrained(AutoencoderKL, config, "VAE", path, subfolder, key, weights=True)
     logger.warning(
@@ -119,7 +107,7 @@ def load_vae(config) -> AutoencoderKL:
 
 
 def load_unet(config) -> UNet2DConditionModel:
-    path, subfolder, key = _source(config, "unet")
+    path, subfolder, key = config.pretrained_source("unet")
     if path:
         return _from_pretrained(UNet2DConditionModel, config, "UNet", path, subfolder, key, weights=True)
     return UNet2DConditionModel(**config.unet_config)
@@ -127,7 +115,7 @@ def load_unet(config) -> UNet2DConditionModel:
 
 def load_noise_scheduler(config) -> DDPMScheduler:
     """Our DDPM scheduler, configured as training uses it; its config is what the saved pipeline records."""
-    path, subfolder, key = _source(config, "scheduler")
+    path, subfolder, key = config.pretrained_source("scheduler")
     kwargs = dict(config.scheduler_config)
     if path:
         base = _from_pretrained(DDPMScheduler, config, "scheduler", path, subfolder, key)
@@ -150,7 +138,7 @@ def check_sources(config) -> None:
     (with safetensors weights, or pickles and `allow_pickle`); a Hub id's config file can be fetched (or is cached,
     offline). Raises a ValueError naming the config key and value."""
     for part, (marker, weights) in PARTS.items():
-        path, subfolder, key = _source(config, part)
+        path, subfolder, key = config.pretrained_source(part)
         if path:
             _check_source(config, part, path, subfolder, key, marker, weights)
 
@@ -164,7 +152,7 @@ def _check_source(config, part, path, subfolder, key, marker, weights) -> None:
                 f"`{key}`: {path!r} does not exist. It is where the VAE stage writes its model: train it first with "
                 f"`python scripts/train_vae.py --config <this config>`, then run this again."
             )
-        if _looks_like_a_path(path):
+        if looks_like_path(path):
             raise ValueError(f"`{key}`: {path!r} does not exist (a local folder, or a Hub id such as 'org/name').")
         _check_hub_source(config, path, subfolder, key, marker)
         return
@@ -185,38 +173,24 @@ def _check_source(config, part, path, subfolder, key, marker, weights) -> None:
         _check_weights(config, part, folder, key)
 
 
-def _variant_of(name: str) -> str | None:
-    """"diffusion_pytorch_model.fp16.safetensors" → "fp16"; "model-00001-of-00002.safetensors" → None."""
-    for suffix in sorted(SAFE_SUFFIXES + PICKLE_SUFFIXES, key=len, reverse=True):
-        if name.endswith(suffix):
-            stem = name[: -len(suffix)]
-            return stem.rpartition(".")[2] if "." in stem else None
-    return None
-
-
 def _check_weights(config, part: str, folder: Path, key: str) -> None:
-    files = sorted(p.name for p in folder.iterdir() if p.is_file())
-    safe = [n for n in files if n.endswith(SAFE_SUFFIXES)]
-    pickled = [n for n in files if n.endswith(PICKLE_SUFFIXES)]
-    if any(_variant_of(n) == config.variant for n in safe):
+    files = [p.name for p in folder.iterdir() if p.is_file()]
+    if safetensors_of(files, config.variant):
         return
-    pickled_match = [n for n in pickled if _variant_of(n) == config.variant]
-    if pickled_match and config.allow_pickle:
+    pickled = pickles_of(files, config.variant)
+    if pickled and config.allow_pickle:
         return
     variant = f" for variant={config.variant!r}" if config.variant else ""
-    if pickled_match:
+    if pickled:
         raise ValueError(
-            f"`{key}`: {str(folder)!r} holds the {part} weights{variant} only as pickle ({', '.join(pickled_match)}), "
+            f"`{key}`: {str(folder)!r} holds the {part} weights{variant} only as pickle ({', '.join(pickled)}), "
             f"which can run arbitrary code when loaded. Convert them to safetensors, or set allow_pickle=true if you "
             f"trust the source."
         )
-    others = ", ".join(safe + pickled) or "no weight files"
+    weight_files = [n for n in sorted(files) if n.endswith(SAFE_SUFFIXES)] + [
+        n for n in sorted(files) if n.endswith(PICKLE_SUFFIXES)]
+    others = ", ".join(weight_files) or "no weight files"
     raise ValueError(f"`{key}`: {str(folder)!r} has no {part} weights{variant} (it has {others}).")
-
-
-def _looks_like_a_path(value: str) -> bool:
-    """What cannot be a Hub id: an absolute or explicitly relative path, more than one '/', or an invalid name."""
-    return value.startswith((".", "/", "~")) or not is_repo_id(value)
 
 
 def _check_hub_source(config, repo_id: str, subfolder: str | None, key: str, marker: str) -> None:
@@ -240,10 +214,6 @@ def _check_hub_source(config, repo_id: str, subfolder: str | None, key: str, mar
         ) from error
     finally:
         hub_logger.setLevel(level)
-
-
-def vae_scale_factor(vae: AutoencoderKL) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def check_compatible(config, vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNet2DConditionModel) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import textwrap
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
+
+from pipelines.utils import make_grid
 
 
 def save_image_grid(
@@ -14,24 +14,7 @@ def save_image_grid(
 ) -> Image.Image:
     """Tile `images` in a grid (with each caption under its image when given), save it as PNG and return it.
     Small images are upscaled (nearest) to at least 128 px so a 32 px sample stays legible."""
-    if not images:
-        raise ValueError("`images`: got none to put in a grid.")
-    columns = columns or min(len(images), max(1, math.ceil(math.sqrt(len(images)))))
-    rows = math.ceil(len(images) / columns)
-    scale = max(1, math.ceil(128 / images[0].width))
-    w, h = images[0].width * scale, images[0].height * scale
-    font = ImageFont.load_default()
-    label_lines = 3 if captions else 0
-    label_h = 12 * label_lines
-    grid = Image.new("RGB", (columns * w, rows * (h + label_h)), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, image in enumerate(images):
-        x, y = (i % columns) * w, (i // columns) * (h + label_h)
-        grid.paste(image.convert("RGB").resize((w, h), Image.NEAREST), (x, y))
-        if captions:
-            lines = textwrap.wrap(captions[i], width=max(8, w // 6))[:label_lines]
-            for k, line in enumerate(lines):
-                draw.text((x + 2, y + h + 12 * k), line, fill="black", font=font)
+    grid = make_grid(images, columns=columns, padding=0, captions=captions, min_side=128)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)

@@ -11,7 +11,6 @@ diffusers pipelines read it, rather than hard-coding SD's 0.18215.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -19,28 +18,20 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
+
+from pipelines.latents import vae_scale_factor
 
 from . import checkpoint as ckpt
-from .config import VAE_RESUMABLE_CHANGES, TrainConfig, save_config
-from .data import load_train_dataset
+from . import run
+from .config import VAE_RESUMABLE_CHANGES, TrainConfig
+from .data import build_train_dataloader, load_train_dataset
 from .loss import vae_loss
 from .reporting import plot_loss, save_image_grid
-from .train import (
-    _StopSignal,
-    build_train_dataloader,
-    guarded_step,
-    handle_non_finite,
-    make_accelerator,
-    make_ema,
-    sample_generators,
-)
 
 logger = get_logger(__name__)
 
 EMA_FOLDER = "vae_ema"  # the EMA weights inside a checkpoint of this stage
+SAVED_RUN_FILES = ("train_config.yaml", "config.json", "diffusion_pytorch_model.safetensors")  # a saved VAE run
 
 
 class _Autoencode(torch.nn.Module):
@@ -65,17 +56,17 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
 
     # 1. Accelerator; the checkpoint to resume from (complete, safetensors, written with the settings that decide
     #    what this stage trains) and the output folder are checked before anything is built.
-    accelerator = make_accelerator(config, output_dir)
+    accelerator = run.make_accelerator(config, output_dir, script="scripts/train_vae.py")
     resume_from = ckpt.resolve_resume(config.resume_from_checkpoint, output_dir)
     if resume_from is not None:
         ckpt.check_resumable(resume_from, config, accelerator.num_processes, resumable=VAE_RESUMABLE_CHANGES,
                              ema_folder=EMA_FOLDER, output_key="vae_output_dir")  # fmt: skip
-    _check_output_dir(config, output_dir)
+    run.check_output_dir(config, output_dir, "vae_output_dir", SAVED_RUN_FILES)
     set_seed(config.seed)
 
     # 2. Model and data, checked before anything is written.
     vae = AutoencoderKL(**config.vae_config)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = vae_scale_factor(vae)
     if config.resolution % factor:
         raise ValueError(f"`resolution`: {config.resolution} must be divisible by the VAE's downsampling factor {factor}.")
     dataset = load_train_dataset(config)
@@ -87,17 +78,8 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
             f"nothing was trained or written."
         )
         return output_dir
-    accelerator.wait_for_everyone()  # every rank has checked its input before the main one writes anything
-    if accelerator.is_main_process:
-        if config.overwrite_output_dir and not config.resume_from_checkpoint:
-            # The old run's checkpoints would be what `latest` resumes and what rotation keeps over this run's.
-            removed = ckpt.remove_checkpoints(output_dir)
-            if removed:
-                logger.info(f"overwrite_output_dir: removed the previous VAE run's {', '.join(removed)}")
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "train_config.yaml")
-    accelerator.wait_for_everyone()
-    ema = make_ema(config, vae, accelerator.device)
+    run.start_output_dir(accelerator, config, output_dir, "train_config.yaml", run="VAE run")
+    ema = run.make_ema(config, vae, accelerator.device)
 
     # 3. Optimizer, schedule, prepare.
     model = _Autoencode(vae)
@@ -105,110 +87,58 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         model.parameters(), lr=config.vae_learning_rate, betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
     )
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=config.vae_max_train_steps * accelerator.num_processes,
-    )
+    lr_scheduler = run.make_lr_scheduler(config, optimizer, accelerator.num_processes, config.vae_max_train_steps)
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
 
     # 4. Resume: weights, optimizer, LR schedule and EMA from the checkpoint; data position by skipping batches.
-    global_step, history = 0, []
+    state = run.resume(accelerator, config, resume_from, ema, EMA_FOLDER, output_dir)
+    global_step, history = state.get("global_step", 0), state.get("history", [])
     run_settings = ckpt.fingerprint(config, accelerator.num_processes, VAE_RESUMABLE_CHANGES)  # in every checkpoint
-    if resume_from is not None:
-        state = ckpt.read_state(resume_from)
-        accelerator.load_state(str(resume_from))
-        if ema is not None:
-            loaded = EMAModel.from_pretrained(str(resume_from / EMA_FOLDER), model_cls=AutoencoderKL)
-            ema.load_state_dict(loaded.state_dict())
-            ema.to(accelerator.device)
-        global_step, history = state["global_step"], state["history"]
-        accelerator.print(f"Resumed from {resume_from} at step {global_step}")
-    elif config.resume_from_checkpoint == "latest":
-        accelerator.print(f"No complete checkpoint in {output_dir}; starting from scratch.")
+    plan = run.EpochPlan.make(len(dataloader), config.gradient_accumulation_steps, config.vae_max_train_steps,
+                              global_step)  # fmt: skip
 
-    steps_per_epoch = max(len(dataloader) // config.gradient_accumulation_steps, 1)
-    num_epochs = math.ceil(config.vae_max_train_steps / steps_per_epoch)
-    first_epoch = global_step // steps_per_epoch
-    resume_batches = (global_step % steps_per_epoch) * config.gradient_accumulation_steps
-
-    # 5. The loop. Each sample's latent noise comes from a generator seeded by its place in the run (see
-    #    training/train.py), so a resumed run draws what the uninterrupted one drew.
-    progress = tqdm(total=config.vae_max_train_steps, initial=global_step, desc="train vae",
-                    disable=not accelerator.is_local_main_process)  # fmt: skip
-    sums, consecutive_bad = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}, 0
-    stop = _StopSignal()  # nothing between installing the handlers and the `try` that puts the previous ones back
+    # 5. The loop. Each sample's latent noise comes from a generator seeded by its place in the run
+    #    (run.sample_generators), so a resumed run draws what the uninterrupted one drew.
+    stop = run.StopSignal()  # nothing between installing the handlers and the `try` that puts the previous ones back
     try:
-        for epoch in range(first_epoch, num_epochs):
-            if global_step >= config.vae_max_train_steps:  # resumed from the final checkpoint: only saving is left
-                break
-            epoch_loader = dataloader
-            if epoch == first_epoch and resume_batches:
-                epoch_loader = accelerator.skip_first_batches(dataloader, resume_batches)
-            epoch_loader.set_epoch(epoch)  # through accelerate's loader, which otherwise re-sets it from its counter
-            micro_step = resume_batches if epoch == first_epoch else 0
-            for batch in epoch_loader:
-                pixels = batch["pixel_values"]
-                generators = sample_generators(config.seed, global_step, micro_step, accelerator, len(pixels))
-                micro_step += 1
-                with accelerator.accumulate(model):
-                    reconstruction, moments = model(pixels, generators)
-                    loss, rec, kl = vae_loss(
-                        reconstruction, pixels, DiagonalGaussianDistribution(moments), config.kl_weight
-                    )
-                    accelerator.backward(loss)
-                    ckpt.kill_point("step", global_step + 1, accelerator.process_index)
-                    finite, grad_norm = guarded_step(accelerator, model.parameters(), loss, optimizer, lr_scheduler,
+        progress = run.progress_bar(accelerator, config.vae_max_train_steps, global_step, "train vae")
+        sums, consecutive_bad = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}, 0
+        for micro_step, batch in run.train_batches(accelerator, dataloader, plan):
+            pixels = batch["pixel_values"]
+            generators = run.sample_generators(config.seed, global_step, micro_step, accelerator, len(pixels))
+            with accelerator.accumulate(model):
+                reconstruction, moments = model(pixels, generators)
+                loss, rec, kl = vae_loss(reconstruction, pixels, DiagonalGaussianDistribution(moments), config.kl_weight)
+                accelerator.backward(loss)
+                ckpt.kill_point("step", global_step + 1, accelerator.process_index)
+                finite, grad_norm = run.guarded_step(accelerator, model.parameters(), loss, optimizer, lr_scheduler,
                                                      config)  # fmt: skip
-                    for name, value in (("loss", loss), ("reconstruction", rec), ("kl", kl)):
-                        sums[name] += accelerator.reduce(value.detach().float(), "mean").item()
-                if not accelerator.sync_gradients:
-                    continue
+                for name, value in (("loss", loss), ("reconstruction", rec), ("kl", kl)):
+                    sums[name] += accelerator.reduce(value.detach().float(), "mean").item()
+            if not accelerator.sync_gradients:
+                continue
 
-                # One optimizer step is complete (all accumulation micro-steps done).
-                logs = {name: total / config.gradient_accumulation_steps for name, total in sums.items()}
-                sums = dict.fromkeys(sums, 0.0)
-                if not finite:
-                    consecutive_bad += 1
-                    handle_non_finite(config, output_dir, global_step + 1, logs["loss"], grad_norm, consecutive_bad,
-                                      learning_rate_key="vae_learning_rate")  # fmt: skip
-                else:
-                    consecutive_bad = 0
-                    if ema is not None:
-                        ema.step(accelerator.unwrap_model(model).vae.parameters())
-                global_step += 1
-                history.append({"step": global_step, **logs})
-                progress.update(1)
-                progress.set_postfix(rec=f"{logs['reconstruction']:.4f}", kl=f"{logs['kl']:.3f}")
+            # One optimizer step is complete (all accumulation micro-steps done).
+            logs = {name: total / config.gradient_accumulation_steps for name, total in sums.items()}
+            sums = dict.fromkeys(sums, 0.0)
+            consecutive_bad = run.after_update(config, output_dir, global_step + 1, finite, logs["loss"], grad_norm,
+                                               consecutive_bad, ema, accelerator.unwrap_model(model).vae,
+                                               "vae_learning_rate")  # fmt: skip
+            global_step += 1
+            history.append({"step": global_step, **logs})
+            progress.update(1)
+            progress.set_postfix(rec=f"{logs['reconstruction']:.4f}", kl=f"{logs['kl']:.3f}")
 
-                done = global_step >= config.vae_max_train_steps
-                stopping = stop.requested(accelerator)
-                if (config.checkpointing_steps and global_step % config.checkpointing_steps == 0) or (
-                    stopping and not done
-                ):
-                    ckpt.save_checkpoint(
-                        accelerator,
-                        output_dir,
-                        global_step,
-                        {"global_step": global_step, "history": history, "config": run_settings},
-                        ema=ema if accelerator.is_main_process else None,
-                        limit=config.checkpoints_total_limit,
-                        ema_folder=EMA_FOLDER,
-                    )
-                if stopping and not done:
-                    progress.close()
-                    accelerator.print(
-                        f"Stopped by signal at step {global_step}; checkpoint saved. Resume with: "
-                        f"resume_from_checkpoint=latest (same config and vae_output_dir)."
-                    )
-                    accelerator.end_training()
-                    return output_dir
-                if done:
-                    break
+            done = global_step >= config.vae_max_train_steps
+            state = {"global_step": global_step, "history": history, "config": run_settings}
+            if run.checkpoint_or_stop(accelerator, config, output_dir, global_step, state, ema, stop, done, progress,
+                                      EMA_FOLDER, "vae_output_dir"):  # fmt: skip
+                return output_dir
+            if done:
+                break
+        progress.close()
     finally:
         stop.restore()  # also when a non-finite loss or a failed checkpoint write ends the run
-    progress.close()
 
     # 6. Measure the latent scale on the data with the final (EMA) weights, store it in the config, save.
     accelerator.wait_for_everyone()
@@ -217,7 +147,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         if ema is not None:
             ema.copy_to(vae.parameters())
         vae.eval()
-        scaling_factor, reconstruction_error, pairs = _measure(vae, dataset, config)
+        scaling_factor, reconstruction_error, pairs = measure_latents(vae, dataset, config)
         vae.register_to_config(scaling_factor=scaling_factor)
         vae.save_pretrained(output_dir)
         plot_loss([{"step": h["step"], "loss": h["reconstruction"]} for h in history], output_dir / "loss.png",
@@ -236,24 +166,8 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     return output_dir
 
 
-def _check_output_dir(config: TrainConfig, output_dir: Path) -> None:
-    """Refuse to train into a folder that holds another VAE run unless told to overwrite or to resume it; the rule
-    of the diffusion stage's `output_dir` (training/train.py)."""
-    if config.resume_from_checkpoint or config.overwrite_output_dir or not output_dir.exists():
-        return
-    saved = ("train_config.yaml", "config.json", "diffusion_pytorch_model.safetensors")
-    markers = [p.name for p in output_dir.iterdir() if p.name in saved]
-    markers += [p.name for p in ckpt.list_checkpoints(output_dir)]
-    if markers:
-        raise ValueError(
-            f"`vae_output_dir`: {str(output_dir)!r} already holds a run ({', '.join(sorted(markers)[:3])}). "
-            f"Set `overwrite_output_dir=true` to replace it, `resume_from_checkpoint=latest` to continue it, "
-            f"or choose another `vae_output_dir`."
-        )
-
-
 @torch.no_grad()
-def _measure(vae: AutoencoderKL, dataset, config, max_examples: int = 1024):
+def measure_latents(vae: AutoencoderKL, dataset, config, max_examples: int = 1024):
     """1 / std of latent samples over (up to) `max_examples` examples, the mean L1 reconstruction error there, and
     a few original/reconstruction pairs for a picture."""
     loader, _ = build_train_dataloader(dataset, config, batch_size=64, shuffle=False, augment=False)

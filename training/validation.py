@@ -1,5 +1,5 @@
 """What a training run shows while it trains, on the main process with the EMA weights: images of fixed prompts
-(`validate`) and the shapes judge's accuracies (`evaluate`, training/evaluate.py). Both swap the EMA weights into the
+(`validate`) and the shapes judge's accuracies (`run_judge`, training/judges/shapes.py). Both swap the EMA weights into the
 UNet and the training weights back afterwards (`ema_pipeline`), sample in float32, and make the other ranks wait.
 """
 
@@ -117,12 +117,12 @@ def validate(config, accelerator, models: Models, step: int) -> None:
     accelerator.wait_for_everyone()
 
 
-def evaluate(config, accelerator, models: Models, step: int, history: list[dict]) -> None:
+def run_judge(config, accelerator, models: Models, step: int, history: list[dict]) -> None:
     """The shapes judge on the EMA weights: every caption of the grammar at each of `eval_guidance_scales`, read back
     off the pixels. Logs each accuracy as eval/<scale>/<attribute>, appends {"step", "accuracy",
     "best_guidance_scale"} to `history` (kept in checkpoints, so a resumed run's history equals an uninterrupted
     one's) and writes it to eval_history.json. Main process only; the others wait."""
-    from .evaluate import evaluate_pipeline
+    from .judges.shapes import evaluate_pipeline
 
     if accelerator.is_main_process:
         with ema_pipeline(config, accelerator, models) as pipeline:

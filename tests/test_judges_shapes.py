@@ -1,4 +1,4 @@
-"""training/evaluate.py and scripts/evaluate.py: the shapes judge reads the dataset's own images (clean and degraded
+"""training/judges/shapes.py and scripts/evaluate.py: the shapes judge reads the dataset's own images (clean and degraded
 the way a decoder degrades them), every attribute value, odd cases (no shape, a shape in the corner, specks and holes),
 then the whole evaluation on a tiny random pipeline, its files, and the CLI's one-line errors."""
 
@@ -18,11 +18,10 @@ from conftest import make_components
 from PIL import ImageDraw, ImageFilter
 
 from pipelines import LatentDiffusionPipeline
-from training.data import BACKGROUNDS, CAPTION_TEMPLATE, COLORS, SHAPES, SIZES, make_shapes_sample
-from training.evaluate import (
+from training.builtin.shapes import BACKGROUNDS, CAPTION_TEMPLATE, COLORS, SHAPES, SIZES, make_shapes_sample
+from training.judges.report import RIGHT, WRONG
+from training.judges.shapes import (
     ATTRIBUTES,
-    RIGHT,
-    WRONG,
     Evaluation,
     ShapeReading,
     check_autoencoder,

@@ -1,4 +1,4 @@
-"""The 2-D course demos (training/toy2d.py, scripts/toy2d.py): a small run end to end through the CLI's `main`, the
+"""The 2-D course demos (training/course/toy2d.py, scripts/toy2d.py): a small run end to end through the CLI's `main`, the
 energy distance and its floor against their definitions, the paper's 1-based snapshot times against the scheduler's
 0-based indices, determinism, and bad arguments (one line on stderr, exit code 2, nothing written)."""
 
@@ -20,7 +20,7 @@ import PIL.Image
 import pytest
 import torch
 
-from training.toy2d import (
+from training.course.toy2d import (
     FIGURE_SIZE,
     NoisePredictor,
     Toy2DConfig,

@@ -1,6 +1,6 @@
 """The shapes judge: how well a text-to-image model trained on the built-in shapes dataset draws what it is told.
 
-Every caption of the shapes grammar (`training.data`: 2 sizes x 6 colours x 3 shapes x 3 backgrounds = 108) is
+Every caption of the shapes grammar (`training.builtin.shapes`: 2 sizes x 6 colours x 3 shapes x 3 backgrounds = 108) is
 generated `per_caption` times at each guidance scale, and the four attributes are read back off the pixels, with no
 learned classifier:
 
@@ -27,9 +27,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
-import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,7 +38,19 @@ import numpy as np
 from diffusers.utils import logging
 from PIL import Image
 
-from .data import BACKGROUNDS, CAPTION_TEMPLATE, COLORS, SHAPES, SIZE_RANGES, SIZES, make_shapes_sample
+from pipelines.schedulers import SCHEDULERS
+
+from ..builtin.shapes import BACKGROUNDS, CAPTION_TEMPLATE, COLORS, SHAPES, SIZE_RANGES, SIZES, make_shapes_sample
+from .report import (
+    RIGHT,
+    WRONG,
+    best_guidance_scale,
+    check_guidance_scales,
+    generate_per_scale,
+    guidance_key,
+    plot_accuracy,
+    write_eval_json,
+)
 
 logger = logging.get_logger(__name__)  # diffusers' logger: works without an accelerate state (scripts, notebooks)
 
@@ -269,27 +279,6 @@ def check_autoencoder(pipeline, num_images: int = 216, seed: int = 1) -> dict[st
 
 
 # ---- generating and judging ------------------------------------------------------------------------------------------
-SCHEDULERS = ("ddpm", "ddim", "dpm", "euler")
-
-
-def make_scheduler(name: str, config) -> Any:
-    """Scheduler `name` (one of SCHEDULERS) built `from_config` of another scheduler's config, as diffusers swaps."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-
-    from pipelines import DDPMScheduler
-
-    classes = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,
-               "euler": EulerDiscreteScheduler}  # fmt: skip
-    if name not in classes:
-        raise ValueError(f"`scheduler`: {name!r} is not one of {list(SCHEDULERS)}.")
-    return classes[name].from_config(config)
-
-
-def guidance_key(guidance_scale: float) -> str:
-    """How a guidance scale names its entry in the metrics: 1.0 → "1", 2.5 → "2.5"."""
-    return f"{guidance_scale:g}"
-
-
 @dataclass
 class Evaluation:
     """What `run_evaluation` returns: the metrics, and per guidance scale the images and their readings, in the order
@@ -304,13 +293,7 @@ class Evaluation:
 def _check_arguments(
     guidance_scales, per_caption, num_inference_steps, scheduler, seed, batch_size, reader_images
 ) -> list[float]:
-    scales = list(guidance_scales) if isinstance(guidance_scales, Sequence) else None
-    if not scales or not all(
-        isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and g >= 0 for g in scales
-    ):
-        raise ValueError(f"`guidance_scales`: {guidance_scales!r} must be a non-empty list of numbers ≥ 0.")
-    if len(set(scales)) != len(scales):
-        raise ValueError(f"`guidance_scales`: {guidance_scales!r} repeats a scale; give each once.")
+    scales = check_guidance_scales(guidance_scales)
     integers = {"per_caption": (per_caption, 1), "num_inference_steps": (num_inference_steps, 1), "seed": (seed, 0),
                 "batch_size": (batch_size, 1), "reader_images": (reader_images, 1)}  # fmt: skip
     for name, (value, low) in integers.items():
@@ -318,7 +301,7 @@ def _check_arguments(
             raise ValueError(f"`{name}`: {value!r} must be an integer ≥ {low}.")
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(f"`scheduler`: {scheduler!r} is not one of {list(SCHEDULERS)} (or None: the pipeline's own).")
-    return sorted(float(g) for g in scales)
+    return scales
 
 
 def run_evaluation(
@@ -343,9 +326,6 @@ def run_evaluation(
     the dataset's own images at this resolution a ValueError, raised before any image is generated, rather than a
     logged warning.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     scales = _check_arguments(
         guidance_scales, per_caption, num_inference_steps, scheduler, seed, batch_size, reader_images
     )
@@ -368,48 +348,16 @@ def run_evaluation(
     captions = shapes_captions()
     expected = [caption for caption in captions for _ in range(per_caption)]
     prompts = [caption["text"] for caption in expected]
-    num_batches = math.ceil(len(prompts) / batch_size)
-    batches = np.array_split(np.arange(len(prompts)), num_batches)  # near-equal batches: no small last one
-
-    own_scheduler, own_bar_config = pipeline.scheduler, dict(getattr(pipeline, "_progress_bar_config", {}))
-    if scheduler is not None:
-        pipeline.scheduler = make_scheduler(scheduler, own_scheduler.config)
-    pipeline.set_progress_bar_config(disable=True)
-    bar = tqdm(total=len(scales) * num_batches * num_inference_steps, unit="step", desc="judging", disable=not progress)
-
-    def tick(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-        bar.update()
-        return {}
-
-    evaluation = Evaluation(metrics={}, expected=expected)
+    images, scheduler_name = generate_per_scale(
+        pipeline, prompts, scales, num_inference_steps, seed, batch_size, scheduler, height, width, progress
+    )
+    evaluation = Evaluation(metrics={}, expected=expected, images=images)
     accuracy = {}
-    try:
-        scheduler_name = type(pipeline.scheduler).__name__
-        for scale in scales:
-            bar.set_postfix(guidance=guidance_key(scale))
-            images = []
-            for indices in batches:
-                images += pipeline(
-                    prompt=[prompts[i] for i in indices],
-                    height=height,
-                    width=width,
-                    num_inference_steps=num_inference_steps,
-                    guidance_scale=scale,
-                    generator=[torch.Generator().manual_seed(seed + int(i)) for i in indices],
-                    output_type="pil",
-                    callback_on_step_end=tick,
-                    callback_on_step_end_tensor_inputs=[],
-                ).images
-            evaluation.images[scale] = images
-            evaluation.readings[scale] = [read_shape(image) for image in images]
-            accuracy[guidance_key(scale)] = score(evaluation.readings[scale], expected)
-    finally:
-        bar.close()
-        pipeline.scheduler = own_scheduler
-        pipeline._progress_bar_config = own_bar_config
+    for scale in scales:
+        evaluation.readings[scale] = [read_shape(image) for image in images[scale]]
+        accuracy[guidance_key(scale)] = score(evaluation.readings[scale], expected)
 
-    # The best scale by all four at once; a tie goes to the smaller scale (closer to the model's own distribution).
-    best = max(scales, key=lambda g: (accuracy[guidance_key(g)]["all"], -g))
+    best = best_guidance_scale(scales, accuracy)
     evaluation.metrics = {
         "accuracy": accuracy,
         "best_guidance_scale": best,
@@ -474,7 +422,6 @@ def evaluate_pipeline(
 
 
 # ---- eval.json, the accuracy plot and the labelled grids -------------------------------------------------------------
-RIGHT, WRONG = (20, 150, 40), (210, 30, 30)
 _SHORT = {"small": "S", "large": "L", "circle": "circ", "square": "sq", "triangle": "tri", "white": "wht",
           "black": "blk", "gray": "gry", "green": "grn", "yellow": "yel", "purple": "pur", "cyan": "cyn"}  # fmt: skip
 
@@ -487,53 +434,23 @@ def write_report(evaluation: Evaluation, output_dir: str | Path, model: str | No
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = [output_dir / "eval_accuracy.png"]
-    plot_accuracy(evaluation.metrics, paths[0], title=f"shapes judge: {model}" if model else "shapes judge")
+    plot_shapes_accuracy(evaluation.metrics, paths[0], title=f"shapes judge: {model}" if model else "shapes judge")
     for scale, images in evaluation.images.items():
         paths.append(output_dir / f"eval_grid_g{guidance_key(scale)}.png")
         settings = evaluation.metrics["settings"]
         title = (f"guidance {guidance_key(scale)}, {settings['num_inference_steps']} steps "
                  f"{settings['scheduler']}, seed {settings['seed']}" + (f": {model}" if model else ""))  # fmt: skip
         labelled_grid(images, evaluation.readings[scale], evaluation.expected, title).save(paths[-1])
-    report = {"model": model, **evaluation.metrics, "files": [path.name for path in paths]}
-    json_path = output_dir / "eval.json"
-    temporary = json_path.with_name(json_path.name + ".tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(temporary, json_path)
-    return [json_path, *paths]
+    return [write_eval_json(evaluation.metrics, output_dir, paths, model), *paths]
 
 
-def plot_accuracy(metrics: dict[str, Any], path: str | Path, title: str = "shapes judge") -> None:
+def plot_shapes_accuracy(metrics: dict[str, Any], path: str | Path, title: str = "shapes judge") -> None:
     """Accuracy against guidance scale: one line per attribute, a thick one for all four at once; PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scales = metrics["settings"]["guidance_scales"]
-    accuracy = [metrics["accuracy"][guidance_key(g)] for g in scales]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    for attribute in ATTRIBUTES:
-        ax.plot(scales, [a[attribute] for a in accuracy], marker="o", linewidth=1.2, label=attribute)
-    ax.plot(scales, [a["all"] for a in accuracy], marker="s", color="black", linewidth=2.6, label="all four")
-    if "autoencoder" in metrics:
-        ceiling = metrics["autoencoder"]["accuracy"]["all"]
-        ax.axhline(ceiling, color="black", linestyle="--", linewidth=1, label="all four after the VAE alone")
-    best = metrics["best_guidance_scale"]
-    ax.axvline(best, color="gray", linestyle=":", linewidth=1)
-    settings, reader = metrics["settings"], metrics["reader"]
-    ax.set_title(f"{title}\n{settings['num_captions']} captions x {settings['per_caption']}, "
-                 f"{settings['num_inference_steps']} steps {settings['scheduler']}; best guidance {best:g}; "
-                 f"reader on data {reader['accuracy']['all']:.1%}", fontsize=9)  # fmt: skip
-    ax.set_xlabel("guidance scale")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xticks(scales)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    settings, reader, best = metrics["settings"], metrics["reader"], metrics["best_guidance_scale"]
+    subtitle = (f"{settings['num_captions']} captions x {settings['per_caption']}, "
+                f"{settings['num_inference_steps']} steps {settings['scheduler']}; best guidance {best:g}; "
+                f"reader on data {reader['accuracy']['all']:.1%}")  # fmt: skip
+    plot_accuracy(metrics, path, ATTRIBUTES, title, subtitle)
 
 
 def labelled_grid(

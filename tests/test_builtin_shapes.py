@@ -1,0 +1,100 @@
+"""training/builtin/shapes.py: the built-in shapes dataset is deterministic, follows its caption grammar, is
+balanced, and its geometry and palette read back exactly off the pixels; `dataset_name: shapes` loads it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from conftest import SHAPES_CAPTION, data_config, image_bytes
+
+from training.builtin.shapes import (
+    BACKGROUNDS,
+    COLORS,
+    SHAPES,
+    SIZE_RANGES,
+    SIZES,
+    make_shapes_dataset,
+)
+from training.data import load_train_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("partial_state")
+
+
+
+# ---- the shapes dataset ------------------------------------------------------------------------------------------
+
+
+def test_shapes_are_deterministic():
+    a, b = make_shapes_dataset(24, 32, seed=0), make_shapes_dataset(24, 32, seed=0)
+    assert image_bytes(a) == image_bytes(b) and a["text"] == b["text"]
+    c = make_shapes_dataset(24, 32, seed=1)
+    assert image_bytes(c) != image_bytes(a)
+    # Per-sample seeding: a larger dataset starts with the smaller one.
+    assert image_bytes(make_shapes_dataset(30, 32, seed=0))[:24] == image_bytes(a)
+
+
+def test_shapes_columns_and_caption_grammar():
+    dataset = make_shapes_dataset(400, 16, seed=3)
+    assert dataset.column_names == ["image", "text", "size", "color", "shape", "background"]
+    assert isinstance(dataset.features["image"], datasets.Image)
+    for row in dataset.select_columns(["text", "size", "color", "shape", "background"]):
+        match = SHAPES_CAPTION.match(row["text"])
+        assert match, row["text"]
+        assert match.groups() == (row["size"], row["color"], row["shape"], row["background"])
+
+
+def test_shapes_attributes_are_balanced():
+    dataset = make_shapes_dataset(1800, 8, seed=0)
+    for column, values in [("size", SIZES), ("color", COLORS), ("shape", SHAPES), ("background", BACKGROUNDS)]:
+        counts = Counter(dataset[column])
+        expected = len(dataset) / len(values)
+        assert set(counts) == set(values)
+        assert all(abs(n - expected) < 0.2 * expected for n in counts.values()), (column, counts)
+
+
+@pytest.mark.parametrize("resolution", [32, 45, 64])
+def test_shapes_geometry_and_palette_read_back_from_pixels(resolution):
+    dataset = make_shapes_dataset(120, resolution, seed=resolution)
+    fill = {"square": [], "circle": [], "triangle": []}
+    for row in dataset:
+        pixels = np.asarray(row["image"])
+        assert pixels.shape == (resolution, resolution, 3) and pixels.dtype == np.uint8
+        background = np.array(BACKGROUNDS[row["background"]], dtype=np.uint8)
+        color = np.array(COLORS[row["color"]], dtype=np.uint8)
+        is_background = (pixels == background).all(-1)
+        is_shape = (pixels == color).all(-1)
+        assert (is_background | is_shape).all(), "exact fill: only the two palette colours appear"
+        ys, xs = np.nonzero(is_shape)
+        width, height = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+        assert width == height, "a shape's bounding box is square, so none is clipped by the border"
+        low, high = SIZE_RANGES[row["size"]]
+        assert low <= width / resolution <= high, (row["text"], width, resolution)
+        fill[row["shape"]].append(is_shape.sum() / (width * height))
+    assert min(fill["square"]) == 1.0
+    assert 0.70 < np.mean(fill["circle"]) < 0.85  # π/4 ≈ 0.785
+    assert 0.45 < np.mean(fill["triangle"]) < 0.65  # 1/2, plus the pixels on the edges
+
+
+def test_shapes_reject_bad_arguments():
+    with pytest.raises(ValueError, match=r"`num_samples`: 0 must be ≥ 1"):
+        make_shapes_dataset(0, 32, 0)
+    with pytest.raises(ValueError, match=r"`resolution`: 4 must be ≥ 8"):
+        make_shapes_dataset(4, 4, 0)
+    with pytest.raises(ValueError, match=r"`seed`: -1 must be ≥ 0"):
+        make_shapes_dataset(4, 32, -1)
+
+
+def test_load_builtin_shapes(tmp_path):
+    config = data_config(tmp_path, "num_shapes_samples=20", "dataset_seed=5")
+    dataset = load_train_dataset(config)
+    assert dataset.column_names == ["image", "text"] and len(dataset) == 20
+    assert dataset["text"] == make_shapes_dataset(20, 32, seed=5)["text"]
+    subset = load_train_dataset(data_config(tmp_path, "num_shapes_samples=20", "max_train_samples=7"))
+    assert len(subset) == 7
+    assert subset["text"] == load_train_dataset(data_config(tmp_path, "num_shapes_samples=20",
+                                                            "max_train_samples=7"))["text"]

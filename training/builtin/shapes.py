@@ -1,0 +1,88 @@
+"""The built-in "shapes" dataset (`dataset_name: shapes`): captioned synthetic shapes drawn here, so that the whole
+job runs with nothing downloaded and prompt adherence can be measured exactly (training/judges/shapes.py reads the
+caption's attributes back off the pixels).
+
+Caption grammar: "a {size} {color} {shape} on a {background} background", 2 sizes x 6 colours x 3 shapes x 3
+backgrounds = 108 captions.
+"""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+from PIL import Image, ImageDraw
+
+# Caption grammar, exported so an evaluator can read the attributes back off generated pixels.
+CAPTION_TEMPLATE = "a {size} {color} {shape} on a {background} background"
+SIZES = ("small", "large")
+# Side (square), diameter (circle) or base = height (triangle) as a fraction of the image width; the shape's bounding
+# box of pixels is exactly that extent, rounded to whole pixels inside the range.
+SIZE_RANGES = {"small": (0.25, 0.40), "large": (0.55, 0.75)}
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 210, 40),
+    "purple": (150, 60, 200),
+    "cyan": (40, 200, 210),
+}
+SHAPES = ("circle", "square", "triangle")  # square axis-aligned; triangle isosceles, apex up
+BACKGROUNDS = {"white": (245, 245, 245), "black": (20, 20, 20), "gray": (128, 128, 128)}
+MIN_SHAPES_RESOLUTION = 8  # below this a small shape is a pixel or two and its kind can't be told
+
+
+def _extent_range(size: str, resolution: int) -> tuple[int, int]:
+    """Smallest and largest whole-pixel extent whose fraction of `resolution` lies in SIZE_RANGES[size]."""
+    low, high = SIZE_RANGES[size]
+    return int(np.ceil(low * resolution)), int(np.floor(high * resolution))
+
+
+def make_shapes_sample(index: int, resolution: int, seed: int) -> tuple[Image.Image, dict[str, str]]:
+    """Sample `index` of the shapes dataset: (RGB image, {"text", "size", "color", "shape", "background"}).
+
+    Each sample has its own generator seeded from (seed, index), so any sample can be made alone and a larger dataset
+    starts with the smaller one. Attributes, extent and position are uniform over their ranges. The fill is exact,
+    without antialiasing: every pixel is either the background colour or the shape colour, which keeps the palette
+    exact for reading attributes back (the models blur edges anyway; 4× supersampling would add mixed-colour pixels).
+    """
+    rng = np.random.default_rng([seed, index])
+    size = SIZES[rng.integers(len(SIZES))]
+    color = list(COLORS)[rng.integers(len(COLORS))]
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+    low, high = _extent_range(size, resolution)
+    extent = int(rng.integers(low, high + 1))
+    x, y = (int(v) for v in rng.integers(0, resolution - extent + 1, size=2))  # top-left; shape fully inside
+
+    image = Image.new("RGB", (resolution, resolution), BACKGROUNDS[background])
+    draw = ImageDraw.Draw(image)
+    right, bottom = x + extent - 1, y + extent - 1  # PIL boxes are inclusive: these give exactly `extent` pixels
+    if shape == "circle":
+        draw.ellipse((x, y, right, bottom), fill=COLORS[color])
+    elif shape == "square":
+        draw.rectangle((x, y, right, bottom), fill=COLORS[color])
+    else:
+        draw.polygon([(x, bottom), (right, bottom), (x + (extent - 1) / 2, y)], fill=COLORS[color])
+    attributes = {"size": size, "color": color, "shape": shape, "background": background}
+    return image, {"text": CAPTION_TEMPLATE.format(**attributes), **attributes}
+
+
+def make_shapes_dataset(num_samples: int, resolution: int, seed: int) -> datasets.Dataset:
+    """The built-in dataset: columns `image` (datasets.Image, PNG), `text` and `size`/`color`/`shape`/`background`.
+    Deterministic: the same arguments give identical pixels."""
+    if num_samples < 1:
+        raise ValueError(f"`num_samples`: {num_samples} must be ≥ 1.")
+    if resolution < MIN_SHAPES_RESOLUTION:
+        raise ValueError(f"`resolution`: {resolution} must be ≥ {MIN_SHAPES_RESOLUTION} for the shapes dataset.")
+    if seed < 0:
+        raise ValueError(f"`seed`: {seed} must be ≥ 0.")
+    columns: dict[str, list] = {"image": [], "text": [], "size": [], "color": [], "shape": [], "background": []}
+    for index in range(num_samples):
+        image, attributes = make_shapes_sample(index, resolution, seed)
+        columns["image"].append(image)
+        for key, value in attributes.items():
+            columns[key].append(value)
+    features = datasets.Features(
+        {"image": datasets.Image(), **{key: datasets.Value("string") for key in columns if key != "image"}}
+    )
+    return datasets.Dataset.from_dict(columns, features=features)
