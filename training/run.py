@@ -189,9 +189,12 @@ def train_batches(accelerator, dataloader, plan: EpochPlan) -> Iterator[tuple[in
         return
     for epoch in range(plan.first_epoch, plan.num_epochs):
         skip = plan.resume_batches if epoch == plan.first_epoch else 0
-        loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
         # Through accelerate's loader, not our sampler: at every __iter__ it re-sets the sampler's epoch from its own
-        # iteration counter, which after a resume would otherwise restart at 0 and replay epoch 0's order.
+        # iteration counter, which after a resume would otherwise restart at 0 and replay epoch 0's order. And on the
+        # prepared loader itself: under several processes the loader that skips a resumed epoch's first batches
+        # wraps the sampler one level deeper than accelerate's `set_epoch` looks, so its own call never reaches it.
+        dataloader.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
         loader.set_epoch(epoch)
         yield from enumerate(loader, start=skip)
 
