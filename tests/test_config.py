@@ -274,7 +274,6 @@ def test_missing_and_malformed_files(tmp_path):
         (["image_interpolation_mode=area"], r"`image_interpolation_mode`: 'area' is not one of 'nearest', 'box', "
                                             r"'bilinear', 'hamming', 'bicubic', 'lanczos'"),
         (["report_to=wandb"], r"`report_to`: 'wandb' is not one of 'tensorboard', 'none'"),
-        (["resume_from_checkpoint="], r"`resume_from_checkpoint`: '' is empty"),
         (["dataset_name=none"], r"Set exactly one data source, `dataset_name` .* got neither"),
         (["train_data_dir=data/x"], r"Set exactly one data source.* got \{'dataset_name': 'shapes', "
                                     r"'train_data_dir': 'data/x'\}"),
@@ -429,3 +428,18 @@ def test_resumable_and_stage_keys_come_from_the_fields():
     assert RESUMABLE_CHANGES == run_keys | vae_only
     assert DIFFUSION_ONLY_KEYS == diffusion_only
     assert VAE_RESUMABLE_CHANGES == run_keys | diffusion_only
+
+
+def test_an_empty_value_unsets_a_key(tmp_path):
+    """`key=` puts a key back to its default, so that a command line can switch the data source of a config that
+    names one (`train_data_dir=DIR dataset_name=`) or drop a YAML file's setting."""
+    path = write_yaml(tmp_path, "dataset_name: shapes\nresume_from_checkpoint: latest\nlearning_rate: 3e-4\n")
+    folder = str(tmp_path / "images")
+    config = load_config(path, [f"train_data_dir={folder}", "dataset_name=", "resume_from_checkpoint=",
+                                "learning_rate= "])  # fmt: skip
+    assert (config.dataset_name, config.train_data_dir) == (None, folder)
+    assert config.resume_from_checkpoint is None and config.learning_rate == TrainConfig.learning_rate
+    with pytest.raises(ValueError, match=r"Set exactly one data source"):
+        load_config(path, ["dataset_name="])  # unset, and nothing else set
+    with pytest.raises(ValueError, match=r"`resume_from_checkpoint`: '' is empty"):
+        TrainConfig(dataset_name="shapes", resume_from_checkpoint="")  # still refused when given as a value

@@ -10,6 +10,7 @@ Override values are strings parsed to the field's type: int, float (`1e-4` works
 (true/false/1/0/yes/no/on/off), str, `X | None` ("none"/"null" → None), list[str] and list[float] (YAML flow
 `[a, b]` or comma-separated `a,b`) and dict (YAML flow `{a: 1}`). A dotted key sets one entry of a dict field
 (`scheduler_config.num_train_timesteps=500`); a dict given whole in YAML or as an override replaces the default dict.
+An empty value unsets a key (`dataset_name=` over a YAML file that names one): it is back to its default.
 YAML is read with 1.2 scalars: only true/false are booleans, so `mixed_precision: no` means the string "no".
 """
 
@@ -522,6 +523,9 @@ def _apply_override(values: dict[str, Any], override: str, hints: dict[str, Any]
     name, *path = key.split(".")
     _check_known(name, hints)
     if not path:
+        if not text.strip():  # `key=`: unset it, back to the default (over a YAML file that sets it)
+            values.pop(name, None)
+            return
         values[name] = _parse_string(name, text, hints[name])
         return
     # Dotted key: set one entry of a dict field (creating intermediate dicts), starting from its current value.
