@@ -416,6 +416,7 @@ def test_resumable_and_stage_keys_come_from_the_fields():
         "num_inference_steps", "guidance_scale", "validation_seed", "eval_steps", "eval_guidance_scales",
         "eval_per_caption", "eval_num_inference_steps", "push_to_hub", "hub_model_id", "hub_private", "model_license",
         "vae_output_dir", "vae_max_train_steps",
+        "validation_resolutions",  # added with aspect-ratio bucketing
     }  # fmt: skip
     vae_only = {"vae_train_batch_size", "vae_learning_rate", "kl_weight"}
     diffusion_only = {

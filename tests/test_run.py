@@ -8,7 +8,6 @@ import subprocess
 import textwrap
 
 import pytest
-
 from conftest import ROOT, accelerate_launch
 
 # Runs under `accelerate launch`: for every resume step, the batches train_batches gives from there, per rank.

@@ -32,6 +32,8 @@ import yaml
 from pipelines.loading import is_repo_id
 from pipelines.scheduling_ddpm import PREDICTION_TYPES
 
+from .buckets import check_buckets, parse_size
+
 # Vocabularies of the choice-valued keys (checked in `TrainConfig.__post_init__`).
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # The names `diffusers.optimization.get_scheduler` accepts without extra arguments (`piecewise_constant` needs
@@ -164,6 +166,12 @@ class TrainConfig:
     center_crop: bool = False  # center crop instead of a random crop
     random_flip: bool = False  # horizontal flips; captions that say "left"/"right" would be made wrong by them
     image_interpolation_mode: str = "lanczos"  # resize filter (diffusers' default): nearest|box|bilinear|hamming|...
+    # Aspect-ratio bucketing (training/buckets.py): images of mixed sizes go to the bucket of about resolution² pixels
+    # whose aspect ratio is closest (1:4 to 4:1, sides divisible by the VAE factor × the UNet's downsampling), are
+    # cropped only on one side, and every batch is one bucket's. `bucket_sizes` ("WIDTHxHEIGHT", e.g. [64x32, 32x64])
+    # replaces the generated buckets with yours (and turns bucketing on).
+    aspect_ratio_buckets: bool = False
+    bucket_sizes: list[str] = field(default_factory=list)
     dataloader_num_workers: int = _run(0)  # 0 → load in the main process (enough for small images)
 
     # ---- model parts: each is pretrained (its own key, else pretrained_model_name_or_path/<subfolder>) or built ----
@@ -264,6 +272,8 @@ class TrainConfig:
     num_inference_steps: int = _run(50)  # sampler steps for validation images
     guidance_scale: float = _run(7.5)  # classifier-free guidance scale, arXiv 2207.12598; ≤ 1 disables guidance
     validation_seed: int | None = _run(None)  # None → `seed`; fixed so validation images are comparable across steps
+    # Also sample the validation prompts at these sizes ("WIDTHxHEIGHT"), e.g. a bucketed model's [64x32, 32x64].
+    validation_resolutions: list[str] = _run(factory=list)
 
     # ---- shapes judge at validation time (training/judges/shapes.py; only with dataset_name: shapes) ------------
     # Every N steps and at the end, generate each of the 108 captions of the shapes grammar with the EMA weights and
@@ -396,9 +406,17 @@ class TrainConfig:
             _check(key not in self.text_encoder_config,
                    f"`text_encoder_config.{key}`: taken from the tokenizer; remove it from text_encoder_config.")
 
+        sizes = {key: [parse_size(text, key) for text in getattr(self, key)]
+                 for key in ("bucket_sizes", "validation_resolutions")}  # fmt: skip
+
         # 4. Shapes that must agree between parts built from their config dicts (pretrained parts are checked
         #    once loaded, by training.models.check_compatible).
         factor = self.vae_downsampling_factor
+        multiple = self.latent_multiple
+        if multiple is not None:
+            check_buckets(sizes["bucket_sizes"], multiple)
+        if factor is not None:
+            check_buckets(sizes["validation_resolutions"], factor, "validation_resolutions")
         if factor is not None:
             _check(self.resolution % factor == 0,
                    f"`resolution`: {self.resolution} must be divisible by the VAE's downsampling factor {factor} "
@@ -412,6 +430,16 @@ class TrainConfig:
                 _check(unet["sample_size"] * factor == self.resolution,
                        f"`unet_config.sample_size`: {unet['sample_size']} must be `resolution` / VAE downsampling "
                        f"factor = {self.resolution} / {factor} = {self.resolution // factor}.")
+
+    @property
+    def latent_multiple(self) -> int | None:
+        """What bucket sides must divide by: the VAE factor × the UNet's downsampling (2 ** (blocks - 1)), when both
+        are built from their config dicts; for pretrained parts training.models.latent_multiple reads their configs."""
+        factor = self.vae_downsampling_factor
+        blocks = self.unet_config.get("block_out_channels")
+        if factor is None or self.is_pretrained("unet") or self.is_pretrained("vae") or not blocks:
+            return None
+        return factor * 2 ** (len(blocks) - 1)
 
     @property
     def vae_downsampling_factor(self) -> int | None:

@@ -29,6 +29,7 @@ from PIL import Image, ImageOps
 
 from pipelines.loading import looks_like_path
 
+from .buckets import BucketBatchSampler, assign_buckets, check_buckets, make_buckets, parse_size
 from .builtin.shapes import make_shapes_dataset
 from .config import BUILTIN_DATASETS, IMAGE_INTERPOLATION_MODES, TrainConfig
 
@@ -271,34 +272,38 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 
 def train_transform(
     image: Image.Image,
-    resolution: int,
+    resolution: int | tuple[int, int],
     center_crop: bool = False,
     random_flip: bool = False,
     interpolation: str = "lanczos",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """diffusers' training transform, without torchvision: resize the shorter side to `resolution`, crop a square
-    (center, or random), maybe flip horizontally, → float32 (3, R, R) in [-1, 1].
+    (center, or random), maybe flip horizontally, → float32 (3, R, R) in [-1, 1]. With `resolution` a (width,
+    height) bucket (training/buckets.py): resize to just cover it (the side with the larger scale fits exactly),
+    then crop the other side to it.
 
     Random draws, in this order and only when used: crop top, crop left, flip. They come from `generator` (torch's
     global generator if None).
     """
     image = image.convert("RGB")
+    target_w, target_h = (resolution, resolution) if isinstance(resolution, int) else resolution
     width, height = image.size
-    # 1. Resize so the shorter side is `resolution` (torchvision.transforms.Resize(int) rounding).
-    if width <= height:
-        new_size = (resolution, int(resolution * height / width))
+    # 1. Resize so the image just covers the target (for a square: the shorter side is `resolution`, with
+    #    torchvision.transforms.Resize(int) rounding).
+    if target_w / width >= target_h / height:
+        new_size = (target_w, max(target_h, int(target_w * height / width)))
     else:
-        new_size = (int(resolution * width / height), resolution)
+        new_size = (max(target_w, int(target_h * width / height)), target_h)
     image = image.resize(new_size, resample=_RESAMPLING[interpolation])
-    # 2. Crop to resolution × resolution.
+    # 2. Crop to target_w × target_h.
     width, height = image.size
     if center_crop:
-        top, left = int(round((height - resolution) / 2.0)), int(round((width - resolution) / 2.0))
+        top, left = int(round((height - target_h) / 2.0)), int(round((width - target_w) / 2.0))
     else:
-        top = int(torch.randint(0, height - resolution + 1, (1,), generator=generator))
-        left = int(torch.randint(0, width - resolution + 1, (1,), generator=generator))
-    image = image.crop((left, top, left + resolution, top + resolution))
+        top = int(torch.randint(0, height - target_h + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - target_w + 1, (1,), generator=generator))
+    image = image.crop((left, top, left + target_w, top + target_h))
     # 3. Horizontal flip with probability 1/2.
     if random_flip and torch.rand(1, generator=generator).item() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -322,6 +327,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     Sample `index` in epoch `epoch` draws its crop, flip and caption choice from `sample_generator(seed, epoch,
     index)`. Call `set_epoch` before iterating each epoch (with `persistent_workers=False`, the default, workers copy
     the dataset when iteration starts, so they see the new epoch). `train=False` takes the first of several captions.
+    `sizes`: the (width, height) bucket of each example (aspect-ratio bucketing), else `resolution` squares.
     """
 
     def __init__(
@@ -333,6 +339,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         interpolation: str = "lanczos",
         seed: int = 0,
         train: bool = True,
+        sizes: Sequence[tuple[int, int]] | None = None,
     ):
         if interpolation not in _RESAMPLING:
             raise ValueError(f"`interpolation`: {interpolation!r} is not one of {', '.join(_RESAMPLING)}.")
@@ -343,12 +350,14 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         self.interpolation = interpolation
         self.seed = seed
         self.train = train
+        self.sizes = sizes
         self.epoch = 0
 
     @classmethod
-    def from_config(cls, dataset: datasets.Dataset, config: TrainConfig, train: bool = True) -> ImageCaptionDataset:
+    def from_config(cls, dataset: datasets.Dataset, config: TrainConfig, train: bool = True,
+                    sizes: Sequence[tuple[int, int]] | None = None) -> ImageCaptionDataset:  # fmt: skip
         return cls(dataset, config.resolution, config.center_crop, config.random_flip,
-                   config.image_interpolation_mode, config.seed, train)
+                   config.image_interpolation_mode, config.seed, train, sizes)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -368,9 +377,8 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
                 f"Cannot read image {_image_name(row[IMAGE_COLUMN], index)}: {error}. It could be read when training "
                 f"started, so it changed on disk since; restore it and resume with resume_from_checkpoint=latest."
             ) from error
-        pixel_values = train_transform(
-            image, self.resolution, self.center_crop, self.random_flip, self.interpolation, generator
-        )
+        target = self.resolution if self.sizes is None else self.sizes[index]
+        pixel_values = train_transform(image, target, self.center_crop, self.random_flip, self.interpolation, generator)
         caption = pick_caption(row[CAPTION_COLUMN], generator if self.train else None)
         return {"pixel_values": pixel_values, "caption": caption}
 
@@ -424,26 +432,73 @@ def _collate_with_index(examples: list[dict]) -> dict:
     return {**collate_fn(examples), "indices": [example["index"] for example in examples]}
 
 
-def build_train_dataloader(dataset, config, batch_size: int | None = None, shuffle: bool = True, augment: bool = True):
+def build_train_dataloader(dataset, config, batch_size: int | None = None, shuffle: bool = True, augment: bool = True,
+                           num_processes: int = 1, multiple: int | None = None):  # fmt: skip
     """(DataLoader, EpochSampler) over `dataset` with the config's transforms; batches carry `pixel_values`,
-    `captions` and dataset `indices`. `augment=False` gives the deterministic view (center crop, no flip)."""
-    torch_dataset = ImageCaptionDataset.from_config(dataset, config, train=augment)
+    `captions` and dataset `indices`. `augment=False` gives the deterministic view (center crop, no flip).
+
+    With aspect-ratio bucketing (`aspect_ratio_buckets` / `bucket_sizes`, training/buckets.py) every batch is one
+    bucket's; `num_processes` (the launch's) makes each global step one bucket's, and `multiple` (VAE factor × UNet
+    downsampling, `models.latent_multiple`) is what bucket sides must divide by."""
+    batch_size = batch_size or config.train_batch_size
+    sizes, bucket_sampler = None, None
+    if config.aspect_ratio_buckets or config.bucket_sizes:
+        sizes, bucket_of = _bucket_sizes(dataset, config, batch_size * (num_processes if shuffle else 1), multiple)
+    torch_dataset = ImageCaptionDataset.from_config(dataset, config, train=augment, sizes=sizes)
     if not augment:
         torch_dataset.center_crop, torch_dataset.random_flip = True, False
     torch_dataset = _WithIndex(torch_dataset)
-    batch_size = batch_size or config.train_batch_size
     if shuffle and len(torch_dataset) < batch_size:
         raise ValueError(
             f"`train_batch_size`: {batch_size} is larger than the dataset ({len(torch_dataset)} examples); "
             f"lower it or add data."
         )
     sampler = EpochSampler(torch_dataset, config.seed, shuffle=shuffle)
+    if sizes is None:
+        loader = torch.utils.data.DataLoader(
+            torch_dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=_collate_with_index,
+            num_workers=config.dataloader_num_workers,
+            drop_last=shuffle,  # every training step sees a full batch, so per-process batches line up under DDP
+        )
+        return loader, sampler
+    bucket_sampler = BucketBatchSampler(sampler, bucket_of, batch_size, num_processes, shuffle=shuffle)
+    if shuffle and bucket_sampler.left_out_per_epoch():
+        logger.warning(f"bucketing: each epoch leaves out {bucket_sampler.left_out_per_epoch()} of {len(dataset)} images "
+                    f"(each bucket's remainder short of a global batch of {batch_size * num_processes}; a different "
+                    "set every epoch)", main_process_only=True)  # fmt: skip
     loader = torch.utils.data.DataLoader(
-        torch_dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        collate_fn=_collate_with_index,
+        torch_dataset, batch_sampler=bucket_sampler, collate_fn=_collate_with_index,
         num_workers=config.dataloader_num_workers,
-        drop_last=shuffle,  # every training step sees a full batch, so per-process batches line up under DDP
-    )
+    )  # fmt: skip
     return loader, sampler
+
+
+def _bucket_sizes(dataset, config, global_batch: int, multiple: int | None) -> tuple[list[tuple[int, int]], list[int]]:
+    """The (width, height) bucket of every example, and its bucket number."""
+    multiple = multiple or 1
+    if config.bucket_sizes:
+        buckets = [parse_size(text, "bucket_sizes") for text in config.bucket_sizes]
+        check_buckets(buckets, multiple)
+    else:
+        buckets = make_buckets(config.resolution, multiple)
+    cells = dataset.select_columns([IMAGE_COLUMN])[IMAGE_COLUMN]
+    image_sizes = [image_size(cell) for cell in cells]
+    names = [_image_name(cell, index) for index, cell in enumerate(cells)]
+    bucket_of = assign_buckets(image_sizes, buckets, global_batch, names, explicit=bool(config.bucket_sizes))
+    used = sorted(set(bucket_of))
+    logger.info("bucketing: " + ", ".join(f"{buckets[b][0]}x{buckets[b][1]}: {bucket_of.count(b)}" for b in used),
+                main_process_only=True)  # fmt: skip
+    return [buckets[b] for b in bucket_of], bucket_of
+
+
+def image_size(cell: dict) -> tuple[int, int]:
+    """(width, height) of an undecoded image cell as `_open_image` will give it (upright per EXIF), read from the
+    file's header without decoding the pixels."""
+    source = io.BytesIO(cell["bytes"]) if cell.get("bytes") is not None else cell["path"]
+    with Image.open(source) as image:
+        width, height = image.size
+        orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation: 5-8 rotate by 90°
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)

@@ -216,6 +216,30 @@ def _check_hub_source(config, repo_id: str, subfolder: str | None, key: str, mar
         hub_logger.setLevel(level)
 
 
+def bucket_multiple(config, vae: AutoencoderKL | None = None) -> int | None:
+    """With aspect-ratio bucketing on, what a bucket side must divide by so that its latents tile the UNet: the VAE's
+    factor × the UNet's downsampling, 2 ** (blocks - 1). From the config dicts, or from a pretrained part's config
+    file (no weights are loaded); `vae`: the VAE being trained (stage 1). None when bucketing is off."""
+    if not (config.aspect_ratio_buckets or config.bucket_sizes):
+        return None
+    if vae is None and config.latent_multiple is not None:
+        return config.latent_multiple
+    parts = {"vae": vae.config} if vae is not None else {}
+    for part, cls, own in (("vae", AutoencoderKL, config.vae_config), ("unet", UNet2DConditionModel, config.unet_config)):
+        if part in parts:
+            continue
+        path, subfolder, key = config.pretrained_source(part)
+        if path is None:
+            parts[part] = own
+            continue
+        kwargs = _from_pretrained_kwargs(config, subfolder)
+        try:
+            parts[part] = cls.load_config(path, **kwargs)
+        except OSError as error:
+            raise ValueError(f"`{key}`: could not read the {part}'s config from {path!r}: {_first_line(error)}") from error
+    return vae_scale_factor(parts["vae"]) * 2 ** (len(parts["unet"]["block_out_channels"]) - 1)
+
+
 def check_compatible(config, vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNet2DConditionModel) -> None:
     """Cross-part checks that can only run once pretrained parts are known, before any training work."""
     factor = vae_scale_factor(vae)

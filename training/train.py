@@ -29,6 +29,7 @@ from .config import TrainConfig, config_to_dict
 from .data import all_captions, build_train_dataloader, load_train_dataset
 from .loss import diffusion_loss, training_target
 from .models import (
+    bucket_multiple,
     check_compatible,
     check_sources,
     freeze,
@@ -42,9 +43,11 @@ from .reporting import plot_loss, save_image_grid
 from .validation import (
     Models,
     build_pipeline,
+    extra_sizes,
     generate,
     repeat_prompts,
     run_judge,
+    size_suffix,
     training_dtype,
     validate,
     write_eval_history,
@@ -79,7 +82,8 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
 
     # 3. Data (first, because a tokenizer trained from scratch needs the captions), checked before anything is written.
     dataset = load_train_dataset(config)
-    dataloader, _ = build_train_dataloader(dataset, config)
+    dataloader, _ = build_train_dataloader(dataset, config, num_processes=accelerator.num_processes,
+                                           multiple=bucket_multiple(config))
     if dry_run:
         accelerator.wait_for_everyone()
     else:  # every rank has checked its input before the main one writes anything
@@ -257,6 +261,9 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
             images = generate(pipeline, config) if config.validation_prompts else []
             if images:
                 save_image_grid(images, output_dir / "samples.png", captions=repeat_prompts(config))
+                for size in extra_sizes(config):  # e.g. a bucketed model's other aspect ratios
+                    save_image_grid(generate(pipeline, config, size), output_dir / f"samples{size_suffix(size)}.png",
+                                    captions=repeat_prompts(config))  # fmt: skip
             plot_loss(history, output_dir / "loss.png")
             (output_dir / "loss_history.json").write_text(json.dumps(history, indent=1))
             if eval_history:
@@ -311,7 +318,7 @@ def batch_latents(batch, vae, cache, generators, weight_dtype) -> torch.Tensor:
 @torch.no_grad()
 def cache_latent_distributions(dataset, config, vae, accelerator, weight_dtype) -> dict[int, tuple[torch.Tensor, ...]]:
     """Mean and std of q(z | x) for every example, computed once; each step still samples z afresh from them."""
-    loader, _ = build_train_dataloader(dataset, config, shuffle=False, augment=False)
+    loader, _ = build_train_dataloader(dataset, config, shuffle=False, augment=False, multiple=bucket_multiple(config))
     cache = {}
     for batch in tqdm(loader, desc="cache latents", disable=not accelerator.is_local_main_process):
         posterior = vae.encode(batch["pixel_values"].to(vae.device, weight_dtype)).latent_dist

@@ -87,33 +87,49 @@ def sampling_seed(config) -> int:
     return config.validation_seed if config.validation_seed is not None else config.seed
 
 
+def extra_sizes(config) -> list[tuple[int, int]]:
+    """The (width, height) sizes of `validation_resolutions`, sampled besides the square `resolution`."""
+    from .buckets import parse_size
+
+    return [parse_size(text, "validation_resolutions") for text in config.validation_resolutions]
+
+
+def size_suffix(size: tuple[int, int] | None) -> str:
+    return "" if size is None else f"_{size[0]}x{size[1]}"
+
+
 @torch.no_grad()
-def generate(pipeline, config) -> list:
-    """The validation prompts, `num_validation_images` each, from one generator seeded by `sampling_seed`."""
+def generate(pipeline, config, size: tuple[int, int] | None = None) -> list:
+    """The validation prompts, `num_validation_images` each, from one generator seeded by `sampling_seed`, at the
+    square `resolution` or at `size` (width, height)."""
+    width, height = size or (config.resolution, config.resolution)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline(
         repeat_prompts(config),
         num_inference_steps=config.num_inference_steps,
         guidance_scale=config.guidance_scale,
         generator=torch.Generator().manual_seed(sampling_seed(config)),
-        height=config.resolution,
-        width=config.resolution,
+        height=height,
+        width=width,
     ).images
 
 
 def validate(config, accelerator, models: Models, step: int) -> None:
     """Fixed prompts, fixed seed, EMA weights → validation/step-<step>.png (and tensorboard)."""
     if accelerator.is_main_process:
+        sizes = [None, *extra_sizes(config)]
         with ema_pipeline(config, accelerator, models) as pipeline:
-            images = generate(pipeline, config)
+            images = [generate(pipeline, config, size) for size in sizes]
             ckpt.kill_point("validation", step)
-        path = Path(config.output_dir) / "validation" / f"step-{step:06d}.png"
-        grid = save_image_grid(images, path, captions=repeat_prompts(config))
-        for tracker in accelerator.trackers:
-            if tracker.name == "tensorboard":
-                import numpy as np
+        for size, at_size in zip(sizes, images):
+            path = Path(config.output_dir) / "validation" / f"step-{step:06d}{size_suffix(size)}.png"
+            grid = save_image_grid(at_size, path, captions=repeat_prompts(config))
+            for tracker in accelerator.trackers:
+                if tracker.name == "tensorboard":
+                    import numpy as np
 
-                tracker.writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
+                    tracker.writer.add_image(f"validation{size_suffix(size)}", np.asarray(grid), step,
+                                             dataformats="HWC")  # fmt: skip
     accelerator.wait_for_everyone()
 
 
