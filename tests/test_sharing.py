@@ -202,7 +202,7 @@ def test_saved_folder_is_self_contained(folders, kind):
         assert imported_modules(source) <= ALLOWED_IMPORTS, imported_modules(source) - ALLOWED_IMPORTS
     # The pipeline file carries the modules the class imports (one file: diffusers fetches no others from a repo).
     assert f"class {CLASSES[kind].__name__}(" in shipped[0].read_text()
-    assert sorted(p.name for p in folder.glob("*.py")) == [f"{stem}.py"]
+    assert sorted(p.name for p in folder.glob("*.py")) == sorted([f"{stem}.py", "app.py"])  # app.py: test_demo.py
     weights = [p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
     assert weights and all(p.suffix == ".safetensors" for p in weights)
 
