@@ -25,8 +25,9 @@ import argparse
 import inspect
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import PIL.Image
 import PIL.ImageChops
@@ -62,11 +63,13 @@ ProgressFn = Callable[..., Any]  # gr.Progress's signature: progress((done, tota
 
 
 class DemoPipelines(NamedTuple):
-    """The three task pipelines of one model (they share its components) and its name for the page title."""
+    """The three task pipelines of one model (they share its components), the scheduler it was saved with (each
+    request sets its own on the pipeline it runs) and its name for the page title."""
 
     text_to_image: DiffusionPipeline
     image_to_image: DiffusionPipeline
     inpaint: DiffusionPipeline
+    scheduler: Any
     name: str
 
 
@@ -106,7 +109,7 @@ def load_pipelines(model: str | Path | DiffusionPipeline, allow_pickle: bool = F
         )
     for task in tasks:
         task.set_progress_bar_config(disable=True)  # the page shows the progress
-    return DemoPipelines(*tasks, name=name)
+    return DemoPipelines(*tasks, scheduler=pipe.scheduler, name=name)
 
 
 def apply_lora(pipelines: DemoPipelines, path: str, scale: float = 1.0) -> None:
@@ -142,8 +145,8 @@ def make_scheduler(pipelines: DemoPipelines, key: str):
     model's own scheduler config."""
     if key not in DEMO_SCHEDULERS:
         raise ValueError(f"`scheduler`: {key!r} is not one of {list(DEMO_SCHEDULERS)}.")
-    own = pipelines.text_to_image.scheduler
     _, cls, extra = DEMO_SCHEDULERS[key]
+    own = pipelines.scheduler
     return (cls or type(own)).from_config(own.config, **extra)
 
 
@@ -221,7 +224,8 @@ def _generate(
         info = (f"Stopped after step {done[0]} of {done[1]} ({scheduler_name}, {seeds}): the images are only partly "
                 "denoised.")  # fmt: skip
         return Generation(images, info, stopped=True)
-    info = f"{len(images)} image{'s' * (len(images) > 1)}, {done[1]} steps of {scheduler_name}, {seeds}, {seconds:.1f} s"
+    plural = "s" if len(images) > 1 else ""
+    info = f"{len(images)} image{plural}, {done[1]} steps of {scheduler_name}, {seeds}, {seconds:.1f} s"
     return Generation(images, info, stopped=False)
 
 
@@ -326,19 +330,19 @@ def build_demo(model: str | Path | DiffusionPipeline | DemoPipelines, allow_pick
 
     @takes_request
     def on_text_to_image(prompt, negative_prompt, guidance, steps, scheduler, seed, width, height, num_images,
-                         request=None, progress=gr.Progress()):  # fmt: skip
+                         request=None, progress=gr.Progress()):  # noqa: B008 - gradio's idiom  # fmt: skip
         return run(text_to_image, request, progress, prompt, negative_prompt, guidance, steps, scheduler, seed,
                    width, height, num_images)  # fmt: skip
 
     @takes_request
     def on_image_to_image(image, strength, prompt, negative_prompt, guidance, steps, scheduler, seed, width, height,
-                          num_images, request=None, progress=gr.Progress()):  # fmt: skip
+                          num_images, request=None, progress=gr.Progress()):  # noqa: B008 - gradio's idiom  # fmt: skip
         return run(image_to_image, request, progress, image, strength, prompt, negative_prompt, guidance, steps,
                    scheduler, seed, width, height, num_images)  # fmt: skip
 
     @takes_request
     def on_inpaint(editor, strength, prompt, negative_prompt, guidance, steps, scheduler, seed, width, height,
-                   num_images, request=None, progress=gr.Progress()):  # fmt: skip
+                   num_images, request=None, progress=gr.Progress()):  # noqa: B008 - gradio's idiom  # fmt: skip
         image, mask = editor_image_and_mask(editor)
         return run(inpaint, request, progress, image, mask, strength, prompt, negative_prompt, guidance, steps,
                    scheduler, seed, width, height, num_images)  # fmt: skip
@@ -351,7 +355,7 @@ def build_demo(model: str | Path | DiffusionPipeline | DemoPipelines, allow_pick
         stop.set()
         return "Stopping after the current step..."
 
-    own_scheduler = type(t2i.scheduler).__name__
+    own_scheduler = type(pipelines.scheduler).__name__
     scheduler_choices = [(f"{label} ({own_scheduler})" if key == "model" else label, key)
                          for key, (label, _, _) in DEMO_SCHEDULERS.items()]  # fmt: skip
     title = title or pipelines.name
@@ -390,7 +394,8 @@ def build_demo(model: str | Path | DiffusionPipeline | DemoPipelines, allow_pick
                         height_box = gr.Number(value=height, precision=0, label=f"Height (a multiple of {factor})")
                         num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images")
             with gr.Column():
-                gallery = gr.Gallery(label="Images", format="png", columns=2, elem_id="gallery")
+                # PNG: lossless, the pipeline's pixels (gradio's default is WebP). 3 columns keep a grid of 8 in view.
+                gallery = gr.Gallery(label="Images", format="png", columns=3, object_fit="contain", elem_id="gallery")
                 info = gr.Markdown(elem_id="info")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
 
@@ -400,7 +405,7 @@ def build_demo(model: str | Path | DiffusionPipeline | DemoPipelines, allow_pick
         events = [
             generate.click(on_text_to_image, settings, api_name="text_to_image", **queued),
             generate_i2i.click(on_image_to_image, [init_image, i2i_strength, *settings], api_name="image_to_image",
-                               **queued),  # fmt: skip
+                               **queued),
             generate_inpaint.click(on_inpaint, [editor, inpaint_strength, *settings], api_name="inpaint", **queued),
         ]
         # Not queued, so it runs while a generation holds the queue. The running generation stops after its step
