@@ -24,7 +24,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import make_components
+from conftest import NO_SCULPT, TORCH_PROBE, make_components
 from diffusers import PNDMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
 from pipelines import (
@@ -62,24 +62,12 @@ for (let node = arguments[0].parentElement; node; node = node.parentElement) {
 return {left, top, right, bottom, width: right - left, height: bottom - top};
 """
 
-# The same blocker as tests/test_sharing.py: this process stands for a machine where sculpt is not installed.
-NO_SCULPT = '''
-import importlib.abc, runpy, sys
-class _BlockSculpt(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("pipelines", "training"):
-            raise ImportError(f"{name} is blocked: sculpt is not installed here")
-sys.meta_path.insert(0, _BlockSculpt())
-for _name in ("pipelines", "training"):
-    try:
-        __import__(_name)
-    except ImportError:
-        pass
-    else:
-        raise SystemExit(f"{_name} is importable: the blocker does not work")
+# tests/conftest.py's blocker (this process stands for a machine where sculpt is not installed), then the script.
+RUN_WITHOUT_SCULPT = NO_SCULPT + """
+import runpy
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
-'''
+"""
 
 
 def free_port() -> int:
@@ -407,14 +395,6 @@ def test_lora_on_a_pipeline_without_a_loader_is_one_line_exit_2(folder, tmp_path
 # ---------------------------------------------------------------------------------------------------------------------
 # The CLI
 # ---------------------------------------------------------------------------------------------------------------------
-TORCH_PROBE = """
-import runpy, sys
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-finally:
-    print("torch imported" if "torch" in sys.modules else "torch not imported")
-"""
 
 
 def load_script():
@@ -456,8 +436,9 @@ def test_shipped_app_serves_images_without_sculpt(folder, tmp_path):
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
     env.pop("PYTHONPATH", None)
     log = (tmp_path / "app.log").open("w")
-    process = subprocess.Popen([sys.executable, "-c", NO_SCULPT, str(folder / "app.py"), "--host", "127.0.0.1",
-                                "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, "-c", RUN_WITHOUT_SCULPT, str(folder / "app.py"), "--host", "127.0.0.1", "--port",
+               str(port)]  # fmt: skip
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
         while True:
