@@ -84,9 +84,12 @@ class Generation(NamedTuple):
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------------------------
-def load_pipelines(model: str | Path | DiffusionPipeline, allow_pickle: bool = False) -> DemoPipelines:
-    """The task pipelines of `model`: a loaded pipeline, or a folder / Hub id for `DiffusionPipeline.from_pretrained`
-    with `trust_remote_code=True` (weights from safetensors only unless `allow_pickle`: pickles can run code)."""
+def load_pipelines(
+    model: str | Path | DiffusionPipeline, allow_pickle: bool = False, device: str = "cpu"
+) -> DemoPipelines:
+    """The task pipelines of `model` on `device`: a loaded pipeline, or a folder / Hub id for
+    `DiffusionPipeline.from_pretrained` with `trust_remote_code=True` (weights from safetensors only unless
+    `allow_pickle`: pickles can run code). Seeds draw on the CPU whatever the device, as `torch.Generator()` does."""
     if isinstance(model, DiffusionPipeline):
         pipe, name = model, type(model).__name__
     else:
@@ -94,6 +97,7 @@ def load_pipelines(model: str | Path | DiffusionPipeline, allow_pickle: bool = F
         pipe = DiffusionPipeline.from_pretrained(
             str(model), trust_remote_code=True, use_safetensors=None if allow_pickle else True
         )
+    pipe.to(device)
     components = pipe.components
     if type(pipe).__name__.startswith("LatentDiffusion"):  # sculpt's, loaded as remote code or installed
         classes = (LatentDiffusionPipeline, LatentDiffusionImg2ImgPipeline, LatentDiffusionInpaintPipeline)
@@ -299,12 +303,12 @@ def _import_gradio():
 
 
 def build_demo(model: str | Path | DiffusionPipeline | DemoPipelines, allow_pickle: bool = False,
-               title: str | None = None) -> Any:  # fmt: skip
+               title: str | None = None, device: str = "cpu") -> Any:  # fmt: skip
     """The Gradio page (a `gr.Blocks`, queued) for `model`: a folder, a Hub id, a loaded pipeline, or
     `load_pipelines`' result. Endpoints: /text_to_image, /image_to_image, /inpaint (all return the gallery and a line
     of info), /stop. `demo.launch(server_name="127.0.0.1", server_port=...)` serves it."""
     gr = _import_gradio()
-    pipelines = model if isinstance(model, DemoPipelines) else load_pipelines(model, allow_pickle)
+    pipelines = model if isinstance(model, DemoPipelines) else load_pipelines(model, allow_pickle, device)
     t2i = pipelines.text_to_image
     height, width = default_size(t2i)
     factor = t2i.vae_scale_factor
@@ -424,11 +428,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME or 127.0.0.1")
     parser.add_argument("--share", action="store_true", help="also serve it on a public gradio.live link")
     parser.add_argument("--allow_pickle", action="store_true", help="also load pickled weights: only if you trust them")
+    parser.add_argument("--device", default=None, help="default: cuda when there is a GPU, else cpu")
     args = parser.parse_args(argv)
     folder = Path(args.model).expanduser()
     if folder.is_dir() and not (folder / "model_index.json").is_file():
         parser.error(f"MODEL: {args.model} has no model_index.json; pass a saved pipeline folder or a Hub id.")
-    demo = build_demo(args.model, allow_pickle=args.allow_pickle)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    demo = build_demo(args.model, allow_pickle=args.allow_pickle, device=device)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
 
 

@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="also serve it on a public gradio.live link")
     parser.add_argument("--allow_pickle", action="store_true",
                         help="also load pickled weights (*.bin), which can run code: only for a model you trust")
+    parser.add_argument("--device", default=None, help="default: cuda when there is a GPU, else cpu")
     args = parser.parse_args(argv)
 
     model = Path(args.model).expanduser()
@@ -61,10 +62,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    import torch
+
     from pipelines.app import apply_lora, build_demo, load_pipelines
 
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        pipelines = load_pipelines(args.model, allow_pickle=args.allow_pickle)
+        torch.empty(0, device=device)
+    except (RuntimeError, ValueError, AssertionError) as error:  # AssertionError: torch built without CUDA
+        fail(f"--device: {device!r} is not a device torch can use here: {str(error).splitlines()[0]}")
+    try:
+        pipelines = load_pipelines(args.model, allow_pickle=args.allow_pickle, device=device)
     except Exception as error:  # noqa: BLE001 - any load failure is a bad MODEL argument to the user
         reason = str(error).splitlines()[0] if str(error) else str(type(error))
         if "safetensors" in reason and not args.allow_pickle:

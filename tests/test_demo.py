@@ -427,6 +427,16 @@ def test_bad_arguments_print_one_line_and_exit_2(folder, tmp_path, args, message
     assert result.stdout == "torch not imported\n"
 
 
+@pytest.mark.parametrize("device", ["bogus", "cuda"] if not torch.cuda.is_available() else ["bogus"])
+def test_a_device_torch_cannot_use_is_one_line_exit_2(folder, capsys, device):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script().main([str(folder), "--device", device])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"demo.py: error: --device: {device!r} is not a device torch can use here: ") and \
+        err.count("\n") == 1, err  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The shipped app.py, where sculpt is not installed
 # ---------------------------------------------------------------------------------------------------------------------
@@ -436,8 +446,9 @@ def test_shipped_app_serves_images_without_sculpt(folder, tmp_path):
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
     env.pop("PYTHONPATH", None)
     log = (tmp_path / "app.log").open("w")
+    # --device cpu: where the reference runs, also on a machine with a GPU.
     command = [sys.executable, "-c", RUN_WITHOUT_SCULPT, str(folder / "app.py"), "--host", "127.0.0.1", "--port",
-               str(port)]  # fmt: skip
+               str(port), "--device", "cpu"]  # fmt: skip
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
