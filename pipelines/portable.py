@@ -174,7 +174,8 @@ def _write_code(folder: Path, module_name: str, keep_stem: str) -> None:
 
 def save_code(pipeline: Any, save_directory: str | Path) -> None:
     """Make the folder diffusers' `save_pretrained` just wrote self-contained: the pipeline's code at its root and
-    each custom component's code in the component's folder, referenced by (file, class) in model_index.json.
+    each custom component's code in the component's folder, referenced by (file, class) in model_index.json, and the
+    demo `app.py` (`save_app`).
     model_index.json is rewritten last, so a failure before leaves the folder as diffusers wrote it."""
     save_directory = Path(save_directory)
     index_path = save_directory / "model_index.json"
@@ -183,6 +184,7 @@ def save_code(pipeline: Any, save_directory: str | Path) -> None:
     index.pop("_name_or_path", None)  # where it was loaded from: a local path, meaningless (and private) elsewhere
     pipeline_module = type(pipeline).__module__
     _write_code(save_directory, pipeline_module, _file_stem(pipeline_module))
+    save_app(pipeline, save_directory)
     index["_class_name"] = [_file_stem(pipeline_module), type(pipeline).__name__]
 
     for name, entry in index.items():
@@ -204,6 +206,24 @@ def save_code(pipeline: Any, save_directory: str | Path) -> None:
     tmp = index_path.with_name(index_path.name + ".tmp")
     tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tmp.replace(index_path)
+
+
+def save_app(pipeline: Any, save_directory: str | Path) -> None:
+    """The browser demo beside the pipeline's module (pipelines/app.py), self-contained, as `app.py` at the folder
+    root, and the `requirements.txt` a Hugging Face Space (`sdk: gradio`) installs before running it. Skipped where
+    there is no such module (a pipeline loaded as remote code)."""
+    package = type(pipeline).__module__.rpartition(".")[0]
+    if not _is_installed(type(pipeline)) or not _find_module(f"{package}.app"):
+        return
+    app = importlib.import_module(f"{package}.app").__name__
+    (Path(save_directory) / "app.py").write_text(module_source(app), encoding="utf-8")
+    requirements = Path(save_directory) / "requirements.txt"
+    if not requirements.is_file() or requirements.read_text(encoding="utf-8").startswith(SHIPPED_CODE_MARKER):
+        from importlib.metadata import version
+
+        pins = [f"{name}>={version(name).split('+')[0]}" for name in ("torch", "diffusers", "transformers")]
+        requirements.write_text(f"{SHIPPED_CODE_MARKER}: what app.py needs besides gradio (a Space installs it)\n"
+                                + "\n".join(pins) + "\n", encoding="utf-8")  # fmt: skip
 
 
 # Written into a card when a pipeline pushes itself (`save_pretrained(push_to_hub=True)`, `push_to_hub`) and the

@@ -91,6 +91,36 @@ def make_components(seed: int = 0, scheduler=None) -> dict:
     return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler}
 
 
+# Preludes for `python -c PRELUDE script.py ...` subprocesses, shared by the CLI and sharing tests.
+# Runs the script as __main__ and then says on stdout whether torch was ever imported: an argument error found before
+# that has loaded no model and sampled nothing.
+TORCH_PROBE = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    print("torch imported" if "torch" in sys.modules else "torch not imported")
+"""
+
+NO_SCULPT = '''
+import importlib.abc, sys
+class _BlockSculpt(importlib.abc.MetaPathFinder):
+    """This process stands for a machine where sculpt is not installed."""
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("pipelines", "training"):
+            raise ImportError(f"{name} is blocked: sculpt is not installed here")
+sys.meta_path.insert(0, _BlockSculpt())
+for _name in ("pipelines", "training"):
+    try:
+        __import__(_name)
+    except ImportError:
+        pass
+    else:
+        raise SystemExit(f"{_name} is importable: the blocker does not work")
+'''
+
+
 @pytest.fixture
 def components():
     return make_components()

@@ -13,7 +13,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import make_components
+from conftest import TORCH_PROBE, make_components
 from diffusers import EulerDiscreteScheduler
 
 from pipelines import DDPMScheduler, LatentDiffusionPipeline
@@ -38,18 +38,6 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
     PIL.Image.fromarray(pixels).save(folder / "in.png")
     PIL.Image.fromarray(mask).save(folder / "mask.png")
     return folder / "in.png", folder / "mask.png"
-
-
-# Runs the script as __main__ and then says on stdout whether torch was ever imported: an argument error found before
-# that has loaded no model and sampled nothing.
-TORCH_PROBE = """
-import runpy, sys
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-finally:
-    print("torch imported" if "torch" in sys.modules else "torch not imported")
-"""
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import make_components
+from conftest import NO_SCULPT, make_components
 from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, PNDMScheduler, StableDiffusionPipeline
 from hub_server import HubServer
 
@@ -52,23 +52,6 @@ CLASSES = {"t2i": LatentDiffusionPipeline, "img2img": LatentDiffusionImg2ImgPipe
 # What shipped code may import: the standard library, torch, diffusers, transformers, and diffusers' own dependencies.
 ALLOWED_IMPORTS = set(sys.stdlib_module_names) | {"torch", "diffusers", "transformers", "numpy", "PIL",
                                                   "huggingface_hub"}
-
-NO_SCULPT = '''
-import importlib.abc, sys
-class _BlockSculpt(importlib.abc.MetaPathFinder):
-    """This process stands for a machine where sculpt is not installed."""
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("pipelines", "training"):
-            raise ImportError(f"{name} is blocked: sculpt is not installed here")
-sys.meta_path.insert(0, _BlockSculpt())
-for _name in ("pipelines", "training"):
-    try:
-        __import__(_name)
-    except ImportError:
-        pass
-    else:
-        raise SystemExit(f"{_name} is importable: the blocker does not work")
-'''
 
 
 @pytest.fixture(autouse=True)
@@ -203,7 +186,7 @@ def test_saved_folder_is_self_contained(folders, kind):
         assert imported_modules(source) <= ALLOWED_IMPORTS, imported_modules(source) - ALLOWED_IMPORTS
     # The pipeline file carries the modules the class imports (one file: diffusers fetches no others from a repo).
     assert f"class {CLASSES[kind].__name__}(" in shipped[0].read_text()
-    assert sorted(p.name for p in folder.glob("*.py")) == [f"{stem}.py"]
+    assert sorted(p.name for p in folder.glob("*.py")) == sorted([f"{stem}.py", "app.py"])  # app.py: test_demo.py
     weights = [p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
     assert weights and all(p.suffix == ".safetensors" for p in weights)
 

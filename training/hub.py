@@ -10,11 +10,11 @@ validation images) with our template: a snippet that loads the folder with diffu
 validation grid and what the model cannot do, all read from the folder and the run's config. diffusers'
 `load_or_create_model_card` reads an existing card back at push time.
 
-A push uploads only the portable pipeline (model_index.json, the pipeline's .py, the component folders), the card
-and the run's record (config.yaml, samples, loss curve); never checkpoints, logs or temporary files. It reads the
-folder and never writes to it: every error leaves the folder as it was. Everything that can be checked is checked
-before the first request that changes the Hub (folder, token, reachability, namespace), and before training when the
-config asks for a push. Errors are one line: `ValueError` / `FileNotFoundError` for what the user must fix, `PushError`
+A push uploads only the portable pipeline (model_index.json, the pipeline's .py, the component folders, the demo's
+app.py), the card and the run's record (config.yaml, samples, loss curve); never checkpoints, logs or temporary
+files. It reads the folder and never writes to it: every error leaves the folder as it was. Everything that can be
+checked is checked before the first request that changes the Hub (folder, token, reachability, namespace), and before
+training when the config asks for a push. Errors are one line: `ValueError` / `FileNotFoundError` for what the user must fix, `PushError`
 for what the Hub or the network did.
 """
 
@@ -41,6 +41,7 @@ CARD_TAGS = ["text-to-image", "diffusers", "latent-diffusion", "sculpt"]
 SAMPLES_DIR = "samples"  # one PNG per validation image, for the card's widget (the captioned grid is samples.png)
 # The run's record, uploaded with the pipeline when present; everything else outside the pipeline stays local.
 RECORD_FILES = ("README.md", "config.yaml", "samples.png", "loss.png", "loss_history.json")
+DEMO_FILES = ("app.py", "requirements.txt")  # the browser demo `save_pretrained` ships (pipelines/app.py)
 _TEMPORARY = re.compile(r"(\.tmp|\.lock|\.incomplete|\.partial|~)$|^\.|^__pycache__$")
 _USAGE = re.compile(r"(<!-- sculpt:usage -->.*?from_pretrained\()\"[^\"]*\"(.*?<!-- /sculpt:usage -->)", re.DOTALL)
 
@@ -71,6 +72,12 @@ TEMPLATE = """---
 diffusers and transformers (and numpy, Pillow and huggingface_hub, which diffusers needs): sculpt need not be
 installed. With sculpt installed, `{{ class_name }}.from_pretrained(...)` loads the same folder with the installed
 code instead.
+
+## Try it in a browser
+
+`pip install gradio && python app.py` serves a demo of this model (text to image, image to image, inpainting) at
+http://127.0.0.1:7860. With `app.py` and `requirements.txt` this folder is also a Hugging Face Space: push it to a
+Space repo, with `sdk: gradio` added to the YAML header above.
 
 ## Validation images
 
@@ -337,7 +344,7 @@ def pipeline_files(folder: str | Path) -> list[str]:
                              "re-save with `safe_serialization=True`.")
         files += [p.relative_to(folder).as_posix() for p in sorted(component.rglob("*"))
                   if p.is_file() and not _is_temporary(p.relative_to(folder)) and not p.name.endswith(PICKLE_SUFFIXES)]
-    files += [name for name in RECORD_FILES if (folder / name).is_file()]
+    files += [name for name in (*RECORD_FILES, *DEMO_FILES) if (folder / name).is_file()]
     files += [p.relative_to(folder).as_posix() for p in sorted((folder / SAMPLES_DIR).glob("*.png"))]
     return files
 
