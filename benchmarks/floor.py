@@ -23,23 +23,23 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def flops_per_image(model_dir: str | Path, resolution: int, batch: int = 4) -> dict[str, float]:
+def flops_per_image(model_dir: str | Path, resolution: int, batch: int = 2, device: str = "cpu") -> dict[str, float]:
     """{"unet_train", "vae_encode", "text_encode"}: FLOPs per image of the UNet forward + backward, the VAE encoder
     forward and the text encoder forward, for the parts in the SD-format `model_dir` at `resolution` (counted on
-    `batch` images)."""
+    `batch` images, on `device`: the counts are the same anywhere, a GPU only gets them faster)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
-    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae")
-    text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder")
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet").to(device)
+    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae").to(device)
+    text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder").to(device)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     seq = text_encoder.config.max_position_embeddings
-    latents = torch.randn(batch, unet.config.in_channels, resolution // factor, resolution // factor)
-    context = torch.randn(batch, seq, unet.config.cross_attention_dim)
-    timesteps = torch.randint(0, 1000, (batch,))
-    images = torch.randn(batch, 3, resolution, resolution)
-    tokens = torch.randint(0, text_encoder.config.vocab_size, (batch, seq))
+    latents = torch.randn(batch, unet.config.in_channels, resolution // factor, resolution // factor, device=device)
+    context = torch.randn(batch, seq, unet.config.cross_attention_dim, device=device)
+    timesteps = torch.randint(0, 1000, (batch,), device=device)
+    images = torch.randn(batch, 3, resolution, resolution, device=device)
+    tokens = torch.randint(0, text_encoder.config.vocab_size, (batch, seq), device=device)
 
     def unet_step():
         unet(latents, timesteps, context).sample.pow(2).mean().backward()
@@ -86,7 +86,7 @@ def floor(model_dir: str | Path, resolution: int, device: str = "cpu") -> dict:
     """FLOPs per image, measured rates and the resulting floor (images/s per process, fp32 and bf16)."""
     with torch.no_grad():
         rates = measured_rates(device)
-    flops = flops_per_image(model_dir, resolution)
+    flops = flops_per_image(model_dir, resolution, device=device)
     per_process = {}
     for name in ("fp32", "bf16"):
         best = max(rates[f"matmul_{name}"], rates[f"conv_{name}"])
@@ -95,4 +95,4 @@ def floor(model_dir: str | Path, resolution: int, device: str = "cpu") -> dict:
             "with_vae_and_text": best / (flops["unet_train"] + flops["vae_encode"] + flops["text_encode"]),
         }
     return {"flops_per_image": flops, "rates": rates, "images_per_s_per_process": per_process,
-            "threads": torch.get_num_threads()}  # fmt: skip
+            "threads": torch.get_num_threads(), "device": device}  # fmt: skip

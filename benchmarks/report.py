@@ -70,7 +70,8 @@ def sampling_table(sampling: dict) -> str:
 def floor_table(floor: dict) -> str:
     flops, rates, per_process = floor["flops_per_image"], floor["rates"], floor["images_per_s_per_process"]
     lines = ["| quantity | fp32 | bf16 |", "| --- | --- | --- |"]
-    lines.append(f"| matmul GFLOP/s ({floor['threads']} thread(s)) | {rates['matmul_fp32'] / 1e9:.1f} | "
+    where = f"{floor['threads']} CPU thread(s)" if floor.get("device", "cpu") == "cpu" else floor["device"]
+    lines.append(f"| matmul GFLOP/s ({where}) | {rates['matmul_fp32'] / 1e9:.1f} | "
                  f"{rates['matmul_bf16'] / 1e9:.1f} |")  # fmt: skip
     lines.append(f"| 3×3 convolution GFLOP/s | {rates['conv_fp32'] / 1e9:.1f} | {rates['conv_bf16'] / 1e9:.1f} |")
     lines.append(f"| floor images/s per process, UNet only | {per_process['fp32']['unet_only']:.1f} | "

@@ -87,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, objec
     parser.add_argument("--sample_batch", type=int, default=8)
     parser.add_argument("--guidance_scale", type=float, default=3.0)
     parser.add_argument("--no_prime", action="store_true", help="skip the unmeasured priming run of each tool")
+    parser.add_argument("--keep_outputs", action="store_true", help="keep each run's trained model folder")
     parser.add_argument("--run_timeout", type=float, default=3600, help="seconds before a run is stopped")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for scripts/train.py")
     args = parser.parse_args(argv)
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         except RuntimeError as error:
             fail(f"{tool}, {processes} process(es), repeat {repeat}: {error}", code=1)
         results.append(result)
+        if not args.keep_outputs:  # the trained pipelines are not measured; at SD size they are GBs per run
+            shutil.rmtree(run_dir / "output", ignore_errors=True)
         tqdm.write(f"{runs.TOOLS[tool]:32s} processes {processes} {'prime' if repeat == 0 else f'repeat {repeat}'}: "
                    f"{result.images_per_s:7.1f} images/s, start-up {result.startup_s:5.1f} s, "
                    f"peak RSS {result.peak_rss_mib:6.0f} MiB")  # fmt: skip
