@@ -26,7 +26,8 @@ _GUARDED = (
     "    pass\n"
     "from torchvision import (\n"
 )
-_CHECK = "import torchvision, diffusers, accelerate, datasets; from torchvision import transforms; print(torchvision.__version__)"
+_CHECK = ("import torchvision, diffusers, accelerate, datasets; from torchvision import transforms; "
+          "print(torchvision.__version__)")
 
 
 def check_python(python: str | Path) -> tuple[bool, str]:

@@ -129,6 +129,7 @@ class RunResult:
     world_size: int  # what torch.distributed reported in the run: processes that really trained together
     images_per_s: float
     startup_s: float
+    startup_from_interpreter_s: float  # the training process's own start to the end of its first step (slowest)
     wall_s: float  # launch to exit, including the final save
     peak_rss_mib: float
     peak_gpu_mib: float  # max over ranks of torch.cuda.max_memory_allocated; 0 on CPU
@@ -177,6 +178,7 @@ def summarize(ranks: list[dict], warmup: int, batch: int, launched: float, exite
         "world_size": ranks[0]["world"],
         "images_per_s": batch / per_step,
         "startup_s": max(r["wall"][0] for r in ranks) - launched,
+        "startup_from_interpreter_s": max(r["wall"][0] - r["started"] for r in ranks),
         "wall_s": exited - launched,
         "peak_rss_mib": sum(r["rss_kib"] for r in ranks) / 1024,
         "peak_gpu_mib": max(r["gpu_bytes"] for r in ranks) / 2**20,

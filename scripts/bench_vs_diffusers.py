@@ -66,7 +66,8 @@ def parse_processes(text: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, object]:
     """The arguments and the resolved sculpt config, everything checked before any work."""
     parser = _Parser(description=__doc__.split("\n")[0])
-    parser.add_argument("--diffusers_script", required=True, help="diffusers' examples/text_to_image/train_text_to_image.py")
+    parser.add_argument("--diffusers_script", required=True,
+                        help="diffusers' examples/text_to_image/train_text_to_image.py")
     parser.add_argument("--config", default=str(ROOT / "configs" / "shapes.yaml"), help="architectures and settings")
     parser.add_argument("--steps", type=int, default=30, help="measured optimizer steps, after the warm-up ones")
     parser.add_argument("--warmup", type=int, default=5, help="steps before the steady state is timed")
@@ -111,7 +112,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, objec
         if "=" not in item:
             fail(f"unexpected argument {item!r}; config settings are given as key=value")
     output_dir = Path(args.output_dir).expanduser()
-    if output_dir.exists() and (not output_dir.is_dir() or (any(output_dir.iterdir()) and not (output_dir / MARKER).exists())):
+    ours = output_dir.is_dir() and (not any(output_dir.iterdir()) or (output_dir / MARKER).exists())
+    if output_dir.exists() and not ours:
         fail(f"--output_dir: {args.output_dir} exists and was not made by this benchmark; give a new or empty folder.")
 
     from benchmarks.parts import dataset_size, from_scratch
@@ -262,7 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     text = report.markdown(header, rows, sampling, floor, notes)
     (output_dir / "bench.md").write_text(text)
     (output_dir / "bench.json").write_text(json.dumps({
-        "command": command_line(argv), "args": {k: v for k, v in vars(args).items() if k != "resolved"}, "num_samples": num_samples,
+        "command": command_line(argv), "args": {k: v for k, v in vars(args).items() if k != "resolved"},
+        "num_samples": num_samples,
         "runs": [r.to_dict() for r in results], "training": rows, "sampling": sampling, "floor": floor,
         "notes": notes,
     }, indent=1, default=str))  # fmt: skip
