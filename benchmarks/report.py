@@ -18,16 +18,20 @@ def training_rows(runs: list[RunResult], floor: dict | None, precision: str) -> 
             mine = sorted((r for r in measured if r.tool == tool and r.processes == processes), key=lambda r: r.repeat)
             if not mine:
                 continue
-            ratios = [r.images_per_s / by_key[("diffusers", processes, r.repeat)].images_per_s for r in mine
-                      if ("diffusers", processes, r.repeat) in by_key]  # fmt: skip
+            pairs = [(r, by_key[("diffusers", processes, r.repeat)]) for r in mine
+                     if ("diffusers", processes, r.repeat) in by_key]  # fmt: skip
+            ratios = [r.images_per_s / d.images_per_s for r, d in pairs]
+            median_ratios = [r.images_per_s_median_step / d.images_per_s_median_step for r, d in pairs]
             speed = median_spread([r.images_per_s for r in mine])
             row = {
                 "tool": tool, "label": TOOLS[tool], "processes": processes, "repeats": len(mine),
                 "images_per_s": speed, "startup_s": median_spread([r.startup_s for r in mine]),
+                "images_per_s_median_step": median_spread([r.images_per_s_median_step for r in mine]),
                 "wall_s": median_spread([r.wall_s for r in mine]),
                 "peak_rss_mib": median_spread([r.peak_rss_mib for r in mine]),
                 "peak_gpu_mib": median_spread([r.peak_gpu_mib for r in mine]),
                 "ratio_to_diffusers": median_spread(ratios) if ratios else None,
+                "ratio_to_diffusers_median_step": median_spread(median_ratios) if median_ratios else None,
                 "fraction_of_floor": None,
             }  # fmt: skip
             if floor is not None:
@@ -44,15 +48,18 @@ def _spread(values, digits: int = 1) -> str:
 
 def training_table(rows: list[dict]) -> str:
     gpu = any(row["peak_gpu_mib"][2] > 0 for row in rows)
-    head = ["tool", "processes", "images/s: median (min–max)", "start-up s", "peak RSS MiB"]
+    head = ["tool", "processes", "images/s: median (min–max)", "× diffusers", "images/s at the median step",
+            "× diffusers at the median step", "start-up s", "peak RSS MiB"]  # fmt: skip
     head += ["peak GPU MiB"] if gpu else []
-    head += ["× diffusers: median (min–max)", "fraction of floor"]
+    head += ["fraction of floor"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in rows:
-        cells = [row["label"], str(row["processes"]), _spread(row["images_per_s"]), _spread(row["startup_s"]),
-                 f"{row['peak_rss_mib'][0]:.0f}"]  # fmt: skip
+        cells = [row["label"], str(row["processes"]), _spread(row["images_per_s"]),
+                 _spread(row["ratio_to_diffusers"], 2) if row["ratio_to_diffusers"] else "–",
+                 _spread(row["images_per_s_median_step"]),
+                 _spread(row["ratio_to_diffusers_median_step"], 2) if row["ratio_to_diffusers_median_step"] else "–",
+                 _spread(row["startup_s"]), f"{row['peak_rss_mib'][0]:.0f}"]  # fmt: skip
         cells += [f"{row['peak_gpu_mib'][0]:.0f}"] if gpu else []
-        cells.append(_spread(row["ratio_to_diffusers"], 2) if row["ratio_to_diffusers"] else "–")
         cells.append(f"{row['fraction_of_floor']:.2f}" if row["fraction_of_floor"] is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -6,7 +6,8 @@ launched processes only: one timestamp after every optimizer step, per process, 
 tools are timed by the same code at the same point of their loop, and nothing is read off their logs.
 
 - steady-state images/s: the global batch over the mean time per step from step `warmup` to the last one (on the
-  slowest rank; DDP keeps the ranks within one all-reduce of each other);
+  slowest rank; DDP keeps the ranks within one all-reduce of each other); and over the median step time, which a
+  machine shared with other work (bursts that slow a few steps 2-5x) moves far less than the mean;
 - start-up: from launching `accelerate launch` to the end of the first optimizer step (slowest rank), which counts
   imports, loading the parts and the data, any caching, and the first step;
 - peak RSS: the sum over the training processes of each one's peak resident memory (the `accelerate launch` parent
@@ -128,6 +129,7 @@ class RunResult:
     steps: int  # optimizer steps counted on every rank (the same on all, else the run is refused)
     world_size: int  # what torch.distributed reported in the run: processes that really trained together
     images_per_s: float
+    images_per_s_median_step: float
     startup_s: float
     startup_from_interpreter_s: float  # the training process's own start to the end of its first step (slowest)
     wall_s: float  # launch to exit, including the final save
@@ -171,12 +173,15 @@ def summarize(ranks: list[dict], warmup: int, batch: int, launched: float, exite
     if steps <= warmup:
         raise RuntimeError(f"only {steps} optimizer steps, not more than the {warmup} warm-up steps")
     per_step = max((r["steps"][-1] - r["steps"][warmup - 1]) / (steps - warmup) for r in ranks)
+    median_step = max(statistics.median(b - a for a, b in zip(r["steps"][warmup - 1 :], r["steps"][warmup:]))
+                      for r in ranks)  # fmt: skip
     if any(r["rss_kib"] is None for r in ranks):
         raise RuntimeError("a training process did not exit cleanly (no peak memory recorded)")
     return {
         "steps": steps,
         "world_size": ranks[0]["world"],
         "images_per_s": batch / per_step,
+        "images_per_s_median_step": batch / median_step,
         "startup_s": max(r["wall"][0] for r in ranks) - launched,
         "startup_from_interpreter_s": max(r["wall"][0] - r["started"] for r in ranks),
         "wall_s": exited - launched,

@@ -27,6 +27,7 @@ print one line to stderr and exit with code 2 before any work; a run that fails 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -66,8 +67,7 @@ def parse_processes(text: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, object]:
     """The arguments and the resolved sculpt config, everything checked before any work."""
     parser = _Parser(description=__doc__.split("\n")[0])
-    parser.add_argument("--diffusers_script", required=True,
-                        help="diffusers' examples/text_to_image/train_text_to_image.py")
+    parser.add_argument("--diffusers_script", help="diffusers' examples/text_to_image/train_text_to_image.py")
     parser.add_argument("--config", default=str(ROOT / "configs" / "shapes.yaml"), help="architectures and settings")
     parser.add_argument("--steps", type=int, default=30, help="measured optimizer steps, after the warm-up ones")
     parser.add_argument("--warmup", type=int, default=5, help="steps before the steady state is timed")
@@ -89,10 +89,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, objec
     parser.add_argument("--guidance_scale", type=float, default=3.0)
     parser.add_argument("--no_prime", action="store_true", help="skip the unmeasured priming run of each tool")
     parser.add_argument("--keep_outputs", action="store_true", help="keep each run's trained model folder")
+    parser.add_argument("--report_only", action="store_true",
+                        help="no runs: recompute the tables of <output_dir>/bench.json from its runs' stamps")
     parser.add_argument("--run_timeout", type=float, default=3600, help="seconds before a run is stopped")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for scripts/train.py")
     args = parser.parse_args(argv)
+    if args.report_only:
+        if not (Path(args.output_dir).expanduser() / "bench.json").is_file():
+            fail(f"--report_only: {args.output_dir} has no bench.json; run the benchmark into it first.")
+        return args, None
 
+    if args.diffusers_script is None:
+        fail("--diffusers_script is required: the path of diffusers' examples/text_to_image/train_text_to_image.py.")
     script = Path(args.diffusers_script).expanduser()
     if not script.is_file():
         fail(f"--diffusers_script: no such file: {args.diffusers_script}")
@@ -147,13 +155,46 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, objec
     return args, config
 
 
+def shown(path: str) -> str:
+    """A path inside the checkout as relative to it, as the docs write it."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else path
+
+
 def command_line(argv: list[str]) -> str:
     return shlex.join(["python", "scripts/bench_vs_diffusers.py", *argv])
+
+
+def report_again(output_dir: Path, argv: list[str]) -> None:
+    """--report_only: the runs of bench.json measured again from their stamps by the current code, and the tables
+    rewritten; sampling, the floor, the header and the notes are the run's own."""
+    from benchmarks import report, runs
+
+    bench = json.loads((output_dir / "bench.json").read_text())
+    results = []
+    for saved in bench["runs"]:
+        ranks = runs.read_stamps(Path(saved["log"]).parent / "stamps")
+        launched = max(r["wall"][0] for r in ranks) - saved["startup_s"]
+        measured = runs.summarize(ranks, bench["args"]["warmup"], bench["args"]["batch"], launched,
+                                  launched + saved["wall_s"])  # fmt: skip
+        fields = {f.name for f in dataclasses.fields(runs.RunResult)}
+        results.append(runs.RunResult(**{k: v for k, v in {**saved, **measured}.items() if k in fields}))
+    precision = "fp32" if bench["args"]["mixed_precision"] == "no" else "bf16"
+    rows = report.training_rows(results, bench["floor"], precision)
+    notes = [n for n in bench["notes"] if not n.startswith("Tables recomputed")]
+    notes.append(f"Tables recomputed from the same runs' stamps by `{command_line(argv)}`.")
+    text = report.markdown(bench["header"], rows, bench["sampling"], bench["floor"], notes)
+    bench.update(runs=[r.to_dict() for r in results], training=rows, notes=notes)
+    (output_dir / "bench.json").write_text(json.dumps(bench, indent=1, default=str))
+    (output_dir / "bench.md").write_text(text)
+    print(text)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args, config = parse_args(argv)
+    if args.report_only:
+        return report_again(Path(args.output_dir).expanduser().resolve(), argv)
     import torch
     from tqdm.auto import tqdm
 
@@ -241,10 +282,10 @@ def main(argv: list[str] | None = None) -> None:
     loads = [value for r in results for value in (r.load_before, r.load_after)]
     header = [
         "## sculpt vs diffusers", "", "```bash", command_line(argv), "```", "",
-        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()} {os.cpu_count()} CPU(s)"
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPU(s)"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
         + f"; torch {torch.__version__}, diffusers {__import__('diffusers').__version__}, accelerate "
-        f"{__import__('accelerate').__version__}. Config {args.config} ({' '.join(args.overrides) or 'as is'}), "
+        f"{__import__('accelerate').__version__}. Config {shown(args.config)} ({' '.join(args.overrides) or 'as is'}), "
         f"{config.resolution} px, {num_samples} shapes images, batch {args.batch} per step over all processes, "
         f"{args.warmup} warm-up + {args.steps} timed steps, mixed precision {args.mixed_precision}, "
         f"{args.threads} thread(s) per process, {args.repeats} interleaved repeats. 1-minute load average during the "
@@ -267,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": command_line(argv), "args": {k: v for k, v in vars(args).items() if k != "resolved"},
         "num_samples": num_samples,
         "runs": [r.to_dict() for r in results], "training": rows, "sampling": sampling, "floor": floor,
-        "notes": notes,
+        "header": header, "notes": notes,
     }, indent=1, default=str))  # fmt: skip
     print(text)
     print(f"wrote {output_dir / 'bench.md'} and {output_dir / 'bench.json'}")

@@ -141,10 +141,12 @@ def rank(steps: list[float], rank_index: int = 0, world: int = 1, rss: int | Non
 
 
 def test_summarize_times_the_steps_after_the_warmup_on_the_slowest_rank():
-    # Steps end at 1, 2, 3, 5, 7: after 2 warm-up steps, 3 steps in 5 s on rank 0; rank 1 is slower (3 steps in 6 s).
-    fast, slow = rank([1, 2, 3, 5, 7]), rank([1, 2, 3, 6, 8], rank_index=1, world=2, rss=1024)
-    measured = runs.summarize([fast, slow], warmup=2, batch=12, launched=90.0, exited=120.0)
-    assert measured["images_per_s"] == pytest.approx(12 / 2.0)
+    # After 2 warm-up steps, rank 0's steps take 1, 2, 2 s (mean 5/3, median 2) and rank 1's 1, 1, 5 s (a burst:
+    # mean 7/3, median 1). The mean goes by rank 1, the median by rank 0: each by its slowest rank.
+    first, second = rank([1, 2, 3, 5, 7]), rank([1, 2, 3, 4, 9], rank_index=1, world=2, rss=1024)
+    measured = runs.summarize([first, second], warmup=2, batch=12, launched=90.0, exited=120.0)
+    assert measured["images_per_s"] == pytest.approx(12 / (7 / 3))
+    assert measured["images_per_s_median_step"] == pytest.approx(12 / 2)
     assert measured["startup_s"] == pytest.approx(101 - 90)
     assert measured["startup_from_interpreter_s"] == pytest.approx(101 - 0)
     assert measured["peak_rss_mib"] == pytest.approx(3.0)
@@ -167,8 +169,8 @@ def test_summarize_refuses_incomplete_stamps(ranks, message):
 
 def result(tool: str, processes: int, repeat: int, images_per_s: float) -> runs.RunResult:
     return runs.RunResult(tool=tool, processes=processes, repeat=repeat, steps=5, world_size=processes,
-                          images_per_s=images_per_s, startup_s=10.0, startup_from_interpreter_s=8.0, wall_s=20.0,
-                          peak_rss_mib=500.0, peak_gpu_mib=0.0, load_before=0.0, load_after=0.0, log="")  # fmt: skip
+                          images_per_s=images_per_s, images_per_s_median_step=images_per_s, startup_s=10.0,
+                          startup_from_interpreter_s=8.0, wall_s=20.0, peak_rss_mib=500.0, peak_gpu_mib=0.0, load_before=0.0, load_after=0.0, log="")  # fmt: skip
 
 
 def test_the_ratio_is_paired_by_repeat_and_the_priming_run_is_left_out():
@@ -178,9 +180,10 @@ def test_the_ratio_is_paired_by_repeat_and_the_priming_run_is_left_out():
     floor = {"images_per_s_per_process": {"fp32": {"unet_only": 40.0}}}
     rows = {row["tool"]: row for row in report.training_rows(results, floor, "fp32")}
     assert rows["sculpt"]["ratio_to_diffusers"] == pytest.approx((1.1, 1.0, 1.2))  # 12/10 and 20/20, not 16/15
+    assert rows["sculpt"]["ratio_to_diffusers_median_step"] == pytest.approx((1.1, 1.0, 1.2))
     assert rows["sculpt"]["images_per_s"] == pytest.approx((16.0, 12.0, 20.0))
     assert rows["diffusers"]["fraction_of_floor"] == pytest.approx(15.0 / 40.0)
-    assert "| sculpt | 1 | 16.0 (12.0–20.0) |" in report.training_table(list(rows.values()))
+    assert "| sculpt | 1 | 16.0 (12.0–20.0) | 1.10 (1.00–1.20) |" in report.training_table(list(rows.values()))
 
 
 # ---- bad arguments ---------------------------------------------------------------------------------------------------
@@ -196,7 +199,7 @@ def parse_error(capsys, *argv: str) -> str:
 @pytest.mark.parametrize(
     "argv, message",
     [
-        ([], "the following arguments are required: --diffusers_script"),
+        ([], "--diffusers_script is required: the path of diffusers' examples/text_to_image/train_text_to_image.py."),
         (["--diffusers_script", "no/such/train.py"], "--diffusers_script: no such file: no/such/train.py"),
         (["--steps", "0"], "--steps: 0 must be >= 1."),
         (["--warmup", "0"], "--warmup: 0 must be >= 1."),
@@ -238,6 +241,11 @@ def test_an_output_dir_the_benchmark_did_not_make_is_refused(capsys, tmp_path):
     assert "exists and was not made by this benchmark" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "notes.txt"]  # nothing added, nothing removed
     assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "file").read_text() == ""
+
+
+def test_report_only_needs_a_previous_run(capsys, tmp_path):
+    err = parse_error(capsys, "--report_only", "--output_dir", str(tmp_path))
+    assert f"--report_only: {tmp_path} has no bench.json; run the benchmark into it first." in err
 
 
 def test_the_command_line_says_so_too():
@@ -302,3 +310,11 @@ def test_a_tiny_comparison_runs_both_trainers_and_prints_the_table(tmp_path):
     assert all(value > 0 for value in bench["floor"]["flops_per_image"].values())
     assert "torchvision" in " ".join(bench["notes"])  # the venv and its guard are reported
     StableDiffusionPipeline.from_pretrained(output_dir / "parts" / "model", safety_checker=None)
+
+    # --report_only measures the same stamps again: the same rows.
+    again = subprocess.run([sys.executable, str(SCRIPT), "--report_only", "--output_dir", str(output_dir)],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = json.loads((output_dir / "bench.json").read_text())["training"]
+    assert [row["images_per_s"] for row in rows] == pytest.approx([row["images_per_s"] for row in bench["training"]])
+    assert "Tables recomputed from the same runs' stamps" in (output_dir / "bench.md").read_text()
