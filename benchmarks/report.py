@@ -41,6 +41,10 @@ def training_rows(runs: list[RunResult], floor: dict | None, precision: str) -> 
     return rows
 
 
+def _threads(count: int) -> str:
+    return f"{count} thread" + ("s" if count != 1 else "")
+
+
 def _spread(values, digits: int = 1) -> str:
     median, low, high = values
     return f"{median:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
@@ -77,7 +81,7 @@ def sampling_table(sampling: dict) -> str:
 def floor_table(floor: dict) -> str:
     flops, rates, per_process = floor["flops_per_image"], floor["rates"], floor["images_per_s_per_process"]
     lines = ["| quantity | fp32 | bf16 |", "| --- | --- | --- |"]
-    where = f"{floor['threads']} CPU thread(s)" if floor.get("device", "cpu") == "cpu" else floor["device"]
+    where = f"{_threads(floor['threads'])}, CPU" if floor.get("device", "cpu") == "cpu" else floor["device"]
     lines.append(f"| matmul GFLOP/s ({where}) | {rates['matmul_fp32'] / 1e9:.1f} | "
                  f"{rates['matmul_bf16'] / 1e9:.1f} |")  # fmt: skip
     lines.append(f"| 3×3 convolution GFLOP/s | {rates['conv_fp32'] / 1e9:.1f} | {rates['conv_bf16'] / 1e9:.1f} |")
@@ -96,7 +100,7 @@ def markdown(header: list[str], rows: list[dict], sampling: dict | None, floor: 
         settings = sampling["settings"]
         parts += [f"### Sampling ({settings['steps']} DDPM steps, batch {settings['batch']}, guidance "
                   f"{settings['guidance_scale']:g}, {settings['repeats']} interleaved repeats, "
-                  f"{settings['threads']} thread(s))", sampling_table(sampling)]  # fmt: skip
+                  f"{_threads(settings['threads'])})", sampling_table(sampling)]  # fmt: skip
     if floor is not None:
         parts += ["### The floor", floor_table(floor)]
     if notes:

@@ -15,12 +15,12 @@
 # --tiny runs the same code path at toy widths (SD-1.5's block structure, 64 px) on whatever device there is, CPU
 # included: a check of the script, not a measurement.
 #
-# The Python ($PYTHON, default python) needs sculpt's requirements and a CUDA torch. If it can import
+# The Python ($PYTHON, default python3) needs sculpt's requirements and a CUDA torch. If it can import
 # torchvision.transforms it also runs diffusers' script; otherwise bench_vs_diffusers.py makes a throwaway venv for
 # it (pip, PyPI).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-python3}"
 SCRIPT="${1:?usage: bash scripts/bench_gpu.sh PATH/TO/diffusers_train_text_to_image.py [--tiny] [--output_dir DIR]}"
 shift
 TINY=0

@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     args, config = parse_args(argv)
     if args.report_only:
         return report_again(Path(args.output_dir).expanduser().resolve(), argv)
+    import accelerate
+    import diffusers
     import torch
     from tqdm.auto import tqdm
 
@@ -282,14 +284,14 @@ def main(argv: list[str] | None = None) -> None:
     loads = [value for r in results for value in (r.load_before, r.load_after)]
     header = [
         "## sculpt vs diffusers", "", "```bash", command_line(argv), "```", "",
-        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPU(s)"
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
-        + f"; torch {torch.__version__}, diffusers {__import__('diffusers').__version__}, accelerate "
-        f"{__import__('accelerate').__version__}. Config {shown(args.config)} ({' '.join(args.overrides) or 'as is'}), "
+        + f"; torch {torch.__version__}, diffusers {diffusers.__version__}, accelerate "
+        f"{accelerate.__version__}. Config {shown(args.config)} ({' '.join(args.overrides) or 'as is'}), "
         f"{config.resolution} px, {num_samples} shapes images, batch {args.batch} per step over all processes, "
         f"{args.warmup} warm-up + {args.steps} timed steps, mixed precision {args.mixed_precision}, "
-        f"{args.threads} thread(s) per process, {args.repeats} interleaved repeats. 1-minute load average during the "
-        f"runs: {min(loads):.1f}–{max(loads):.1f}.",
+        f"{args.threads} thread{'s' if args.threads > 1 else ''} per process, {args.repeats} interleaved repeats. "
+        f"1-minute load average during the runs: {min(loads):.1f}–{max(loads):.1f}.",
     ]  # fmt: skip
     notes += [
         "Same on both sides: " + ", ".join(f"{k}={v}" for k, v in runs.SHARED_SETTINGS.items()

@@ -170,7 +170,8 @@ def test_summarize_refuses_incomplete_stamps(ranks, message):
 def result(tool: str, processes: int, repeat: int, images_per_s: float) -> runs.RunResult:
     return runs.RunResult(tool=tool, processes=processes, repeat=repeat, steps=5, world_size=processes,
                           images_per_s=images_per_s, images_per_s_median_step=images_per_s, startup_s=10.0,
-                          startup_from_interpreter_s=8.0, wall_s=20.0, peak_rss_mib=500.0, peak_gpu_mib=0.0, load_before=0.0, load_after=0.0, log="")  # fmt: skip
+                          startup_from_interpreter_s=8.0, wall_s=20.0, peak_rss_mib=500.0, peak_gpu_mib=0.0,
+                          load_before=0.0, load_after=0.0, log="")  # fmt: skip
 
 
 def test_the_ratio_is_paired_by_repeat_and_the_priming_run_is_left_out():
@@ -316,5 +317,72 @@ def test_a_tiny_comparison_runs_both_trainers_and_prints_the_table(tmp_path):
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     rows = json.loads((output_dir / "bench.json").read_text())["training"]
-    assert [row["images_per_s"] for row in rows] == pytest.approx([row["images_per_s"] for row in bench["training"]])
+    assert [x for row in rows for x in row["images_per_s"]] == pytest.approx(
+        [x for row in bench["training"] for x in row["images_per_s"]])  # fmt: skip
     assert "Tables recomputed from the same runs' stamps" in (output_dir / "bench.md").read_text()
+
+
+# ---- the GPU script's parts, on CPU ----------------------------------------------------------------------------------
+STEP_SCRIPT = ROOT / "scripts" / "bench_step.py"
+
+
+def load_step_script():
+    spec = importlib.util.spec_from_file_location("bench_step_cli", STEP_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_bare_step_runs_eager_on_the_benchmark_parts(built, tmp_path, capsys):
+    model_dir, _ = built
+    bench_json = tmp_path / "bench.json"
+    bench_json.write_text(json.dumps({"args": {"batch": 2}, "training": [
+        {"tool": "diffusers", "processes": 1, "images_per_s": [4.0, 4.0, 4.0]}]}))  # fmt: skip
+    output = tmp_path / "step.json"
+    load_step_script().main(["--model", str(model_dir), "--batch", "2", "--steps", "2", "--warmup", "1",
+                             "--compile", "no", "--threads", "1", "--against", str(bench_json),
+                             "--output", str(output)])  # fmt: skip
+    (result,) = json.loads(output.read_text())["results"]
+    assert result["mode"] == "eager" and result["attention"] == ["AttnProcessor2_0"]  # diffusers' SDPA processor
+    assert math.isfinite(result["images_per_s"]) and result["images_per_s"] > 0
+    # The row, with the × diffusers' trainer column: the step's images/s over the bench.json row's median (4.0).
+    row = (f"| bare step, eager (AttnProcessor2_0) | {result['images_per_s']:.1f} | {result['first_step_s']:.1f} | 0 | "
+           f"{result['images_per_s'] / 4.0:.2f} |")  # fmt: skip
+    assert row in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "/no/such"], "--model: /no/such has no unet/config.json"),
+        (["--batch", "0"], "--batch: 0 must be >= 1."),
+        (["--compile", "maybe"], "--compile: 'maybe' must be no, yes or no,yes."),
+        (["--compile", "yes", "--warmup", "1"], "--warmup: 1 must be >= 2 with torch.compile"),
+        (["--threads", "0"], "--threads: 0 must be >= 1."),
+        (["--against", "/no/such.json"], "--against: cannot read the training rows of /no/such.json"),
+        (["--mixed_precision", "fp16"], "argument --mixed_precision: invalid choice: 'fp16'"),
+    ],
+)
+def test_bench_step_bad_arguments_are_one_line_and_exit_2(built, capsys, argv, message):
+    model = [] if "--model" in argv else ["--model", str(built[0])]
+    with pytest.raises(SystemExit) as exit_info:
+        load_step_script().parse_args([*model, *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_bench_step_refuses_a_bench_json_of_another_batch(built, tmp_path, capsys):
+    bench_json = tmp_path / "bench.json"
+    bench_json.write_text(json.dumps({"args": {"batch": 64}, "training": []}))
+    with pytest.raises(SystemExit):
+        load_step_script().parse_args(["--model", str(built[0]), "--batch", "16", "--against", str(bench_json)])
+    assert "--batch: 16 differs from the --batch 64 of" in capsys.readouterr().err
+
+
+def test_bench_gpu_sh_refuses_an_unknown_argument():
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "bench_gpu.sh"), SOME_FILE, "--fast"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == ("bench_gpu.sh: error: unknown argument --fast (use --tiny, --tiny_compile, --output_dir "
+                             "DIR)\n")
