@@ -4,7 +4,7 @@ benchmark's SD-format folder; optionally next to the trainers' rows of that benc
     python scripts/bench_step.py --model outputs/bench_gpu/parts/model [--batch 16] [--steps 15] [--warmup 3] \\
         [--mixed_precision bf16] [--compile no,yes] [--against outputs/bench_gpu/bench.json] [--output step.json]
 
-benchmarks/step.py says what one step is. Bad arguments print one line to stderr and exit with code 2.
+training/bench/step.py says what one step is. Bad arguments print one line to stderr and exit with code 2.
 """
 
 from __future__ import annotations
@@ -14,21 +14,21 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: benchmarks are not installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e .`
+
+
+from training.cli import OneLineParser  # noqa: E402  (torch-free: bad arguments fail first)
+from training.cli import fail as _fail  # noqa: E402
+
+PROG = "bench_step.py"
 
 
 def fail(message: str) -> None:
-    print(f"bench_step.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        fail(message)
+    _fail(PROG, message)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = _Parser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="an SD-format folder (bench_vs_diffusers.py's parts/model)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=15)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
 
-    from benchmarks.step import bench_step
+    from training.bench.step import bench_step
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -5,22 +5,22 @@
         [--threads 1] [--output_dir outputs/bench_vs_diffusers] [--skip_sampling] [--skip_cached] [key=value ...]
 
 1. Builds the config's architectures (random weights) into one SD-format folder and the built-in shapes at the
-   config's resolution into one imagefolder (benchmarks/parts.py); key=value overrides change the config as they do
+   config's resolution into one imagefolder (training/bench/parts.py); key=value overrides change the config as they do
    for scripts/train.py.
 2. Trains on them with diffusers' `train_text_to_image.py` (its path is an argument: it is not part of sculpt) and
-   with sculpt's trainer, same batch, steps, learning rate, EMA, precision (benchmarks/runs.py says what is set on
+   with sculpt's trainer, same batch, steps, learning rate, EMA, precision (training/bench/runs.py says what is set on
    each side), interleaved diffusers / sculpt / sculpt with cached latents and text, `--repeats` times, for each
    `--processes` count (several = one DDP group; on CPU gloo), `--threads` threads per process. After one unmeasured
    priming run of each tool (datasets' cache, the OS file cache).
 3. Measures per run, from optimizer-step timestamps taken by the same hook in both tools: steady-state images/s
    after `--warmup` steps, start-up (launch to the end of the first step), peak RSS summed over the processes.
 4. Samples with LatentDiffusionPipeline (our scheduler and diffusers') and StableDiffusionPipeline on the same
-   components: seconds per image, ratio, max |difference| (benchmarks/sampling.py).
-5. The floor: FLOPs per training image over this machine's measured matmul/convolution rate (benchmarks/floor.py).
+   components: seconds per image, ratio, max |difference| (training/bench/sampling.py).
+5. The floor: FLOPs per training image over this machine's measured matmul/convolution rate (training/bench/floor.py).
 6. Prints the tables and writes them to <output_dir>/bench.md and bench.json, with the command.
 
 diffusers' script needs torchvision: by default it runs in a throwaway venv under <output_dir>
-(benchmarks/diffusers_env.py explains what is installed and guarded there), or pass --diffusers_python. Bad arguments
+(training/bench/diffusers_env.py explains what is installed and guarded there), or pass --diffusers_python. Bad arguments
 print one line to stderr and exit with code 2 before any work; a run that fails prints one line and exits with 1.
 """
 
@@ -38,20 +38,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout: the benchmarks are not installed with the package
+sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .`
+
+from training.cli import OneLineParser  # noqa: E402  (torch-free: bad arguments fail first)
+from training.cli import fail as _fail  # noqa: E402
 
 MARKER = ".sculpt-bench"  # in an output_dir this benchmark made, so that it may replace its contents
 DIFFUSERS_PREDICTION_TYPES = ("epsilon", "v_prediction")  # what diffusers' script computes a target for
 
 
+PROG = "bench_vs_diffusers.py"
+
+
 def fail(message: str, code: int = 2) -> None:
-    print(f"bench_vs_diffusers.py: error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        fail(message)
+    _fail(PROG, message, code)
 
 
 def parse_processes(text: str) -> list[int]:
@@ -66,7 +66,7 @@ def parse_processes(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, object]:
     """The arguments and the resolved sculpt config, everything checked before any work."""
-    parser = _Parser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--diffusers_script", help="diffusers' examples/text_to_image/train_text_to_image.py")
     parser.add_argument("--config", default=str(ROOT / "configs" / "shapes.yaml"), help="architectures and settings")
     parser.add_argument("--steps", type=int, default=30, help="measured optimizer steps, after the warm-up ones")
@@ -124,8 +124,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, objec
     if output_dir.exists() and not ours:
         fail(f"--output_dir: {args.output_dir} exists and was not made by this benchmark; give a new or empty folder.")
 
-    from benchmarks.parts import dataset_size, from_scratch
-    from benchmarks.runs import sculpt_overrides
+    from training.bench.parts import dataset_size, from_scratch
+    from training.bench.runs import sculpt_overrides
     from training.cli import USER_ERRORS
     from training.config import load_config
 
@@ -168,7 +168,7 @@ def command_line(argv: list[str]) -> str:
 def report_again(output_dir: Path, argv: list[str]) -> None:
     """--report_only: the runs of bench.json measured again from their stamps by the current code, and the tables
     rewritten; sampling, the floor, the header and the notes are the run's own."""
-    from benchmarks import report, runs
+    from training.bench import report, runs
 
     bench = json.loads((output_dir / "bench.json").read_text())
     results = []
@@ -200,9 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from tqdm.auto import tqdm
 
-    from benchmarks import parts, report, runs
-    from benchmarks.diffusers_env import make_venv
-    from benchmarks.floor import floor as measure_floor
+    from training.bench import parts, report, runs
+    from training.bench.diffusers_env import make_venv
+    from training.bench.floor import floor as measure_floor
 
     torch.set_num_threads(args.threads)
     output_dir = Path(args.output_dir).expanduser().resolve()
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     # 4. Sampling, 5. the floor.
     sampling = None
     if not args.skip_sampling:
-        from benchmarks.sampling import bench_sampling
+        from training.bench.sampling import bench_sampling
         from training.data import all_captions, make_shapes_dataset
 
         captions = sorted(set(all_captions(make_shapes_dataset(num_samples, config.resolution, config.dataset_seed))))

@@ -1,4 +1,4 @@
-"""scripts/bench_vs_diffusers.py and its benchmarks/ package: the shared parts (an SD-format folder that diffusers'
+"""scripts/bench_vs_diffusers.py and its training/bench/ package: the shared parts (an SD-format folder that diffusers'
 StableDiffusionPipeline and sculpt's loaders both read, and the imagefolder), the optimizer-step stamps taken in real
 launched processes, the table's arithmetic, and every bad argument (one line, exit code 2, nothing written). The slow
 test runs the whole comparison for real at toy size, diffusers' script included (it builds the torchvision venv)."""
@@ -33,12 +33,12 @@ SOME_FILE = str(Path(__file__).resolve())
 def load_script():
     spec = importlib.util.spec_from_file_location("bench_vs_diffusers_cli", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # also puts the checkout on sys.path, for `benchmarks`
+    spec.loader.exec_module(module)  # also puts the checkout on sys.path
     return module
 
 
 cli = load_script()
-from benchmarks import parts, report, runs  # noqa: E402  (importable once the script has set sys.path)
+from training.bench import parts, report, runs  # noqa: E402  (importable once the script has set sys.path)
 
 
 # ---- the parts -------------------------------------------------------------------------------------------------------

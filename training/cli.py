@@ -16,10 +16,10 @@ import sys
 from .errors import USER_ERRORS, TrainingError
 
 
-def fail(prog: str, message: str) -> None:
-    """A bad argument: one line on stderr, "<prog>: error: <message>", and exit code 2."""
+def fail(prog: str, message: str, code: int = 2) -> None:
+    """A bad argument: one line on stderr, "<prog>: error: <message>", and exit code 2 (1: a run that failed)."""
     print(f"{prog}: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -1,7 +1,7 @@
 """Launching both trainers on the same parts, and reading what each run measured.
 
 Both run under `accelerate launch` with the same launcher flags, the same threads per process and the same settings
-(`shared_settings`). The numbers come from `benchmarks/stamps/sitecustomize.py`, put first on the PYTHONPATH of the
+(`shared_settings`). The numbers come from `training/bench/stamps/sitecustomize.py`, put first on the PYTHONPATH of the
 launched processes only: one timestamp after every optimizer step, per process, plus its peak RSS at exit. So both
 tools are timed by the same code at the same point of their loop, and nothing is read off their logs.
 
