@@ -354,6 +354,36 @@ def test_tensorboard_gets_loss_lr_grad_norm_and_images_per_sec(tmp_path):
     assert all(v > 0 for _, v in scalars["images_per_sec"] + scalars["grad_norm"])
 
 
+def test_wandb_offline_run_holds_the_logged_values(tmp_path, monkeypatch):
+    """report_to=wandb through accelerate's tracker, offline: the run file holds every logged scalar (the loss values
+    of loss_history.json among them), the judge's accuracies and the config, and the validation grid is its media."""
+    pytest.importorskip("wandb", reason="pip install wandb (in sculpt[test])")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    main(tiny(tmp_path / "run", "max_train_steps=2", "report_to=wandb", "use_ema=false", "validation_steps=2",
+              "num_inference_steps=2", *EVAL[:3], "eval_steps=2"))  # fmt: skip
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    (records,) = run_dir.glob("run-*.wandb")
+    raw = records.read_bytes()  # protobuf records: keys and JSON values are stored as they were logged
+    for key in ("loss", "lr", "grad_norm", "images_per_sec", "eval/3/all", "eval/1/color", "learning_rate",
+                "validation_prompts"):
+        assert key.encode() in raw, key
+    for entry in json.loads((tmp_path / "run" / "loss_history.json").read_text()):
+        assert json.dumps(entry["loss"]).encode() in raw
+    assert list((run_dir / "files" / "media" / "images").glob("validation_*.png"))
+
+
+def test_a_tracker_that_is_not_installed_is_a_named_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ValueError, match=r"`report_to`: 'wandb' needs the wandb package: pip install wandb"):
+        main(tiny(tmp_path, "report_to=wandb"))
+    assert not tmp_path.joinpath("config.yaml").exists()
+
+
 EVAL = ["num_shapes_samples=8", "eval_per_caption=1", "eval_num_inference_steps=2", "validation_prompts=[]"]
 ATTRIBUTES = {"size", "color", "shape", "background", "all"}
 

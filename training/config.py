@@ -43,7 +43,8 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 IMAGE_INTERPOLATION_MODES = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
 NON_FINITE_LOSS_POLICIES = ("stop", "skip")
 BAD_IMAGE_POLICIES = ("stop", "skip")
-REPORT_TO = ("tensorboard", "none")
+# accelerate trackers: "all" is every integration accelerate finds installed (its own meaning of log_with="all").
+REPORT_TO = ("tensorboard", "wandb", "all", "none")
 BUILTIN_DATASETS = ("shapes",)
 # Set by sculpt from the tokenizer or from top-level keys; giving them inside the dicts would conflict.
 _TOKENIZER_KEYS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
@@ -145,7 +146,9 @@ class TrainConfig:
     output_dir: str = _run("sculpt-model")  # the trained pipeline, checkpoints and the resolved config.yaml go here
     overwrite_output_dir: bool = _run(False)  # refuse to start in a non-empty output_dir unless set (or resuming)
     seed: int = 0  # seeds weights, noise, timesteps and per-sample augmentations, so a run can be repeated exactly
-    report_to: str = _run("tensorboard")  # "tensorboard" or "none"
+    # Where loss, LR, grad norm, images/s, validation images and the judge go (accelerate trackers): "tensorboard",
+    # "wandb" (Weights & Biases; WANDB_MODE=offline keeps it local), "all" or "none".
+    report_to: str = _run("tensorboard")
     logging_dir: str = _run("logs")  # tracker files, relative to output_dir (as in diffusers)
     tracker_project_name: str = _run("sculpt")  # run name shown in TensorBoard
 

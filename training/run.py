@@ -55,6 +55,7 @@ def make_accelerator(config, output_dir: Path, script: str = "scripts/train.py")
     `accelerate launch --multi_gpu` on a CPU machine silently runs N independent single-process trainings
     instead of one DDP (gloo) run. A launch that still ends up with fewer processes than WORLD_SIZE is refused, and
     so is one with another number of processes than `num_processes` (the effective batch depends on it)."""
+    check_tracker(config.report_to)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
@@ -76,6 +77,28 @@ def make_accelerator(config, output_dir: Path, script: str = "scripts/train.py")
             f"num_processes={accelerator.num_processes}, which changes the effective batch)."
         )
     return accelerator
+
+
+def check_tracker(report_to: str) -> None:
+    """The tracker's package is installed, or one named error before anything starts."""
+    import importlib.util
+
+    packages = {"tensorboard": "tensorboard", "wandb": "wandb"}
+    if report_to in packages and importlib.util.find_spec(packages[report_to]) is None:
+        raise ValueError(f"`report_to`: {report_to!r} needs the {packages[report_to]} package: pip install "
+                         f"{packages[report_to]} (or report_to=none).")  # fmt: skip
+
+
+def log_images(accelerator, name: str, grid, step: int) -> None:
+    """A grid of images to every tracker that takes images: TensorBoard as one HWC image, the others (wandb) through
+    accelerate's `log_images`."""
+    import numpy as np
+
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image(name, np.asarray(grid), step, dataformats="HWC")
+        elif hasattr(tracker, "log_images"):
+            tracker.log_images({name: [grid]}, step=step)
 
 
 def check_output_dir(config, output_dir: Path, key: str, saved: tuple[str, ...]) -> None:

@@ -17,6 +17,7 @@ from pipelines import LatentDiffusionPipeline
 
 from . import checkpoint as ckpt
 from .reporting import save_image_grid
+from .run import log_images
 
 EVAL_HISTORY = "eval_history.json"
 
@@ -124,12 +125,7 @@ def validate(config, accelerator, models: Models, step: int) -> None:
         for size, at_size in zip(sizes, images):
             path = Path(config.output_dir) / "validation" / f"step-{step:06d}{size_suffix(size)}.png"
             grid = save_image_grid(at_size, path, captions=repeat_prompts(config))
-            for tracker in accelerator.trackers:
-                if tracker.name == "tensorboard":
-                    import numpy as np
-
-                    tracker.writer.add_image(f"validation{size_suffix(size)}", np.asarray(grid), step,
-                                             dataformats="HWC")  # fmt: skip
+            log_images(accelerator, f"validation{size_suffix(size)}", grid, step)
     accelerator.wait_for_everyone()
 
 
