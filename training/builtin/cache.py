@@ -84,3 +84,12 @@ def _alive(pid: int) -> bool:
 def _is_complete(folder: Path, text: str) -> bool:
     record = folder / BUILD_RECORD
     return record.is_file() and record.read_text(encoding="utf-8") == text
+
+
+def dataset_fingerprint(folder: str | Path) -> str:
+    """sha256 over every file of a built folder, names and bytes, in name order: equal for byte-identical builds."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
