@@ -26,6 +26,7 @@ import functools
 import hashlib
 import io
 import json
+import logging
 import re
 import shutil
 from collections import Counter
@@ -35,12 +36,13 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from diffusers.utils import logging
 from PIL import Image, ImageColor
 
 from .cache import BUILD_RECORD, build_record_json, cached_build
 
-logger = logging.get_logger(__name__)  # diffusers' logger: works without an accelerate state (scripts, notebooks)
+# What diffusers' get_logger returns too (logging.getLogger(name)), without importing diffusers and so torch: the
+# dataset script starts in a second.
+logger = logging.getLogger(__name__)
 
 EMOJI_TEST = Path(__file__).with_name("emoji-test.txt")
 EMOJI_TEST_LICENSE = Path(__file__).with_name("emoji-test.LICENSE")
