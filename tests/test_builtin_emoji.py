@@ -194,6 +194,19 @@ def test_a_killed_build_is_never_taken_for_a_dataset(tmp_path):
     assert len(rows_of(folder)) == 266 and not leftovers[0].exists()
 
 
+def test_two_processes_building_the_same_options_agree(tmp_path):
+    """The ranks of a DDP run may build at once: both finish, on one complete folder, with nothing left behind."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from training.builtin.emoji import emoji_dataset_dir; "
+            f"print(emoji_dataset_dir({str(tmp_path)!r}, resolution=16, groups=['Objects'], progress=False))")  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+                 for _ in range(2)]  # fmt: skip
+    outputs = [process.communicate(timeout=120)[0].strip() for process in processes]
+    assert [process.returncode for process in processes] == [0, 0]
+    assert outputs[0] == outputs[1] and [p.name for p in tmp_path.iterdir()] == [Path(outputs[0]).name]
+    assert len(rows_of(Path(outputs[0]))) == 266
+
+
 # ---- bad arguments ---------------------------------------------------------------------------------------------------
 
 

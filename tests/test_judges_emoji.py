@@ -122,7 +122,7 @@ def test_the_chosen_feature_space_is_the_more_robust(cache):
     clean ones: the judge's space against raw pixels, on the 266 Objects (measured mean top-1 0.891 and 0.622; on all
     1,914 emoji 0.779 and 0.478, see the slow test below)."""
     objects = dataset.emoji_dataset_dir(cache, resolution=32, groups=["Objects"], progress=False)
-    table = judge.feature_robustness(objects, spaces=[judge.FEATURE_SPACE, "rgb pixels"])
+    table = judge.feature_robustness(objects, spaces=[judge.FEATURE_SPACE, "rgb pixels"], progress=False)
     assert table["num_images"] == 266 and table["chance_top1"] == pytest.approx(1 / 266)
     chosen, raw = table[judge.FEATURE_SPACE], table["rgb pixels"]
     assert chosen["mean_top1"] > raw["mean_top1"] + 0.2 and chosen["mean_top5"] > 0.95
@@ -134,7 +134,7 @@ def test_every_candidate_feature_space(openmoji):
     """All 1,914 emoji at 32 px; measured mean top-1 / top-5: lab 8x8 blocks, blurred 0.779 / 0.928; lab 8x8 blocks
     0.751 / 0.907; rgb 8x8 blocks 0.689 / 0.848; rgb pixels, blurred 0.689 / 0.842; lab 16x16 blocks 0.645 / 0.814;
     rgb pixels 0.478 / 0.640."""
-    table = judge.feature_robustness(openmoji)
+    table = judge.feature_robustness(openmoji, progress=False)
     print({space: (round(row["mean_top1"], 3), round(row["mean_top5"], 3))
            for space, row in table.items() if isinstance(row, dict)})  # fmt: skip
     best = max(judge.FEATURE_SPACES, key=lambda space: table[space]["mean_top1"])
@@ -185,6 +185,8 @@ def test_bad_arguments(pipeline, openmoji, cache, tmp_path):
         judge.evaluate_emoji(pipeline, openmoji, num_captions=0, progress=False)
     with pytest.raises(FileNotFoundError, match=r"`data_dir`: .* is not an emoji dataset built by sculpt"):
         judge.evaluate_emoji(pipeline, tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"`spaces`: \['clip'\] are not in FEATURE_SPACES"):
+        judge.feature_robustness(openmoji, spaces=["clip"])
     small = dataset.emoji_dataset_dir(cache, resolution=16, groups=["Activities"], progress=False)
     with pytest.raises(ValueError, match=r"`pipeline`: makes 32 px images; the dataset in `data_dir` is 16 px"):
         judge.evaluate_emoji(pipeline, small, progress=False)
