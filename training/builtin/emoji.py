@@ -406,7 +406,8 @@ of each image; `build.json` the options and the versions of the sources.
 
 {emoji_license(styles)}
 
-LICENSE holds the full text of CC BY-SA 4.0 and LICENSE-unicode.txt that of the Unicode License v3.
+{"LICENSE holds the full text of CC BY-SA 4.0; " if "openmoji" in styles else ""}LICENSE-unicode.txt holds that \
+of the Unicode License v3.
 """
     (output_dir / "README.md").write_text(readme, encoding="utf-8")
     shutil.copyfile(EMOJI_TEST_LICENSE, output_dir / "LICENSE-unicode.txt")
