@@ -1,6 +1,8 @@
-"""What every judge shares: generating its prompts at several guidance scales on the same noise, naming the scales,
-picking the best one, and writing eval.json and the accuracy-against-guidance plot. Each judge (training/judges/
-shapes.py, ...) adds what only it knows: its prompts, how it reads an image, and its grids.
+"""What every judge shares: argument checks, generating its prompts at several guidance scales on the same noise
+(image i seeded `seed + i`, one progress bar over every denoising step), round trips through the pipeline's VAE
+(the ceiling of any score, whatever the UNet), naming the scales and picking the best one, and writing eval.json and
+the accuracy-against-guidance plot. Each judge (shapes.py, digits.py, emoji.py) adds what only it knows: its prompts,
+how it reads an image, and its grids.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 RIGHT, WRONG = (20, 150, 40), (210, 30, 30)  # the colours of right and wrong marks in every judge's grids
@@ -22,22 +25,118 @@ def guidance_key(guidance_scale: float) -> str:
     return f"{guidance_scale:g}"
 
 
-def check_guidance_scales(guidance_scales) -> list[float]:
-    """The scales, sorted, as floats; a ValueError unless they are a non-empty list of distinct numbers ≥ 0."""
-    scales = list(guidance_scales) if isinstance(guidance_scales, Sequence) else None
+def best_guidance_scale(scales: Sequence[float], accuracy: dict[str, Any], key: str | None = None) -> float:
+    """The scale with the highest `accuracy[scale]` (or `accuracy[scale][key]`); a tie goes to the smaller scale
+    (closer to the model's own distribution)."""
+    return max(scales, key=lambda g: (accuracy[guidance_key(g)] if key is None else accuracy[guidance_key(g)][key],
+                                      -g))  # fmt: skip
+
+
+def check_guidance_scales(guidance_scales: Any, argument: str = "guidance_scales") -> list[float]:
+    """A non-empty list of distinct finite numbers ≥ 0, sorted; a ValueError naming `argument` otherwise."""
+    scales = list(guidance_scales) if isinstance(guidance_scales, Sequence) and not isinstance(guidance_scales, str) else None
     if not scales or not all(
         isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and g >= 0 for g in scales
     ):
-        raise ValueError(f"`guidance_scales`: {guidance_scales!r} must be a non-empty list of numbers ≥ 0.")
+        raise ValueError(f"`{argument}`: {guidance_scales!r} must be a non-empty list of numbers ≥ 0.")
     if len(set(scales)) != len(scales):
-        raise ValueError(f"`guidance_scales`: {guidance_scales!r} repeats a scale; give each once.")
+        raise ValueError(f"`{argument}`: {guidance_scales!r} repeats a scale; give each once.")
     return sorted(float(g) for g in scales)
 
 
-def best_guidance_scale(scales: Sequence[float], accuracy: dict[str, dict[str, float]], key: str = "all") -> float:
-    """The scale with the highest `accuracy[scale][key]`; a tie goes to the smaller scale (closer to the model's own
-    distribution)."""
-    return max(scales, key=lambda g: (accuracy[guidance_key(g)][key], -g))
+def check_integers(**values: tuple[Any, int]) -> None:
+    """Each `name=(value, lowest)`: an integer ≥ lowest, else a ValueError naming it."""
+    for name, (value, low) in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"`{name}`: {value!r} must be an integer ≥ {low}.")
+
+
+def square_resolution(pipeline, judge: str) -> int:
+    height, width = pipeline.default_height_width()
+    if height != width:
+        raise ValueError(f"`pipeline`: makes {height}x{width} images; the {judge} judge reads square ones.")
+    return width
+
+
+class StepBar:
+    """One tqdm bar over every denoising step of a judge's run, fed by the pipelines' step-end callback; the
+    pipeline's own bar is off meanwhile and put back by `close`."""
+
+    def __init__(self, pipelines: Sequence, total: int, desc: str, progress: bool):
+        from tqdm.auto import tqdm
+
+        self.pipelines = pipelines
+        self.saved = [dict(getattr(p, "_progress_bar_config", {})) for p in pipelines]
+        for pipeline in pipelines:
+            pipeline.set_progress_bar_config(disable=True)
+        self.bar = tqdm(total=total, unit="step", desc=desc, disable=not progress)
+
+    def tick(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        self.bar.update()
+        return {}
+
+    def close(self) -> None:
+        self.bar.close()
+        for pipeline, saved in zip(self.pipelines, self.saved):
+            pipeline._progress_bar_config = saved
+
+
+def _generators(seeds: Sequence[int]):
+    import torch
+
+    return [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+
+
+def generate(
+    pipeline, prompts: Sequence[str], guidance_scale: float, num_inference_steps: int, seed: int, batch_size: int,
+    bar: StepBar, **inputs: Any,
+) -> list[Image.Image]:
+    """`pipeline(prompt=...)` for every prompt, in near-equal batches of at most `batch_size`; image i is drawn from
+    the generator seeded `seed + i`, so it does not depend on the batching and the guidance scales (and in-painting
+    with and without a caption) are compared on the same noise. `inputs` go to every call (`image`, `mask_image`:
+    one for all prompts, or a list with one per prompt)."""
+    size = pipeline.default_height_width()
+    batches = np.array_split(np.arange(len(prompts)), math.ceil(len(prompts) / batch_size))
+    images = []
+    for indices in batches:
+        call_inputs = {k: ([v[i] for i in indices] if isinstance(v, list) else v) for k, v in inputs.items()}
+        images += pipeline(
+            prompt=[prompts[i] for i in indices], height=size[0], width=size[1],
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=_generators(seed + indices), output_type="pil",
+            callback_on_step_end=bar.tick, callback_on_step_end_tensor_inputs=[], **call_inputs,
+        ).images  # fmt: skip
+    return images
+
+
+def vae_round_trip(pipeline, images: Sequence[Image.Image], batch_size: int = 100) -> list[Image.Image]:
+    """Encode (posterior mode) and decode each image with the pipeline's VAE: what the decoder alone keeps."""
+    import torch
+
+    vae, decoded = pipeline.vae, []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            chunk = [image.convert("RGB") for image in images[start : start + batch_size]]
+            pixels = pipeline.image_processor.preprocess(chunk).to(device=vae.device, dtype=vae.dtype)
+            out = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+            decoded += pipeline.image_processor.postprocess(out, "pil")
+    return decoded
+
+
+def as_rgb_array(image: Image.Image | np.ndarray, allow_gray: bool = True) -> np.ndarray:
+    """(H, W, 3) float64 in 0..255 from a PIL image, a uint8 array, or a float array in [0, 1] (a pipeline's "np");
+    a (H, W) gray array too, unless the judge reads colours (`allow_gray=False`)."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.float64)
+    pixels = np.asarray(image)
+    if pixels.ndim == 2 and allow_gray:
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
+    if pixels.ndim != 3 or pixels.shape[-1] != 3:
+        accepted = "(height, width, 3) RGB or (height, width)" if allow_gray else "(height, width, 3) RGB"
+        raise ValueError(f"`image`: an array of shape {pixels.shape}; expected {accepted}.")
+    if np.issubdtype(pixels.dtype, np.floating):
+        return np.clip(pixels.astype(np.float64), 0.0, 1.0) * 255.0
+    return pixels.astype(np.float64)
 
 
 def generate_per_scale(
@@ -48,65 +147,26 @@ def generate_per_scale(
     seed: int,
     batch_size: int,
     scheduler: str | None = None,
-    height: int | None = None,
-    width: int | None = None,
     progress: bool = True,
-    **call_kwargs,
 ) -> tuple[dict[float, list[Image.Image]], str]:
-    """Every prompt at each guidance scale: ({scale: images in prompt order}, the scheduler's class name).
-
-    Image i is drawn from the generator seeded `seed + i` at every scale, so the scales are compared on the same
-    starting noise and an image does not depend on `batch_size`. `scheduler` (a name of pipelines.schedulers)
-    replaces the pipeline's for the run only; the pipeline's own progress bar is off meanwhile (one bar here counts
-    all denoising steps). `call_kwargs` go to every pipeline call (e.g. `image`/`mask_image` lists, sliced with the
-    prompts when they are lists of the same length)."""
-    import numpy as np
-    import torch
-    from tqdm.auto import tqdm
-
+    """Every prompt at each guidance scale with `generate`: ({scale: images in prompt order}, the scheduler's class
+    name). `scheduler` (a name of pipelines.schedulers) replaces the pipeline's for the run only."""
     from pipelines.schedulers import make_scheduler
 
-    num_batches = math.ceil(len(prompts) / batch_size)
-    batches = np.array_split(np.arange(len(prompts)), num_batches)  # near-equal batches: no small last one
-    own_scheduler, own_bar_config = pipeline.scheduler, dict(getattr(pipeline, "_progress_bar_config", {}))
+    own_scheduler = pipeline.scheduler
     if scheduler is not None:
         pipeline.scheduler = make_scheduler(scheduler, own_scheduler.config)
-    pipeline.set_progress_bar_config(disable=True)
-    steps_per_call = num_inference_steps
-    if "strength" in call_kwargs:  # img2img / inpainting run the last `strength` of the schedule
-        steps_per_call = max(1, int(num_inference_steps * call_kwargs["strength"]))
-    bar = tqdm(total=len(guidance_scales) * num_batches * steps_per_call, unit="step", desc="judging",
-               disable=not progress)  # fmt: skip
-
-    def tick(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-        bar.update()
-        return {}
-
+    num_batches = math.ceil(len(prompts) / batch_size)
+    bar = StepBar([pipeline], len(guidance_scales) * num_batches * num_inference_steps, "judging", progress)
     images: dict[float, list[Image.Image]] = {}
     try:
         scheduler_name = type(pipeline.scheduler).__name__
         for scale in guidance_scales:
-            bar.set_postfix(guidance=guidance_key(scale))
-            images[scale] = []
-            for indices in batches:
-                kwargs = {k: [v[i] for i in indices] if isinstance(v, list) and len(v) == len(prompts) else v
-                          for k, v in call_kwargs.items()}  # fmt: skip
-                if height is not None:
-                    kwargs.update(height=height, width=width)
-                images[scale] += pipeline(
-                    prompt=[prompts[i] for i in indices],
-                    num_inference_steps=num_inference_steps,
-                    guidance_scale=scale,
-                    generator=[torch.Generator().manual_seed(seed + int(i)) for i in indices],
-                    output_type="pil",
-                    callback_on_step_end=tick,
-                    callback_on_step_end_tensor_inputs=[],
-                    **kwargs,
-                ).images
+            bar.bar.set_postfix(guidance=guidance_key(scale))
+            images[scale] = generate(pipeline, prompts, scale, num_inference_steps, seed, batch_size, bar)
     finally:
         bar.close()
         pipeline.scheduler = own_scheduler
-        pipeline._progress_bar_config = own_bar_config
     return images, scheduler_name
 
 

@@ -44,11 +44,14 @@ from ..builtin.shapes import BACKGROUNDS, CAPTION_TEMPLATE, COLORS, SHAPES, SIZE
 from .report import (
     RIGHT,
     WRONG,
+    as_rgb_array,
     best_guidance_scale,
     check_guidance_scales,
     generate_per_scale,
     guidance_key,
     plot_accuracy,
+    square_resolution,
+    vae_round_trip,
     write_eval_json,
 )
 
@@ -150,21 +153,9 @@ def _majority_3x3(mask: np.ndarray) -> np.ndarray:
     return votes >= 5
 
 
-def _as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
-    """(H, W, 3) float64 in 0..255 from a PIL image, a uint8 array or a float array in [0, 1] (a pipeline's "np")."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.float64)
-    pixels = np.asarray(image)
-    if pixels.ndim != 3 or pixels.shape[-1] != 3:
-        raise ValueError(f"`image`: an array of shape {pixels.shape}; expected (height, width, 3) RGB.")
-    if np.issubdtype(pixels.dtype, np.floating):
-        return np.clip(pixels.astype(np.float64), 0.0, 1.0) * 255.0
-    return pixels.astype(np.float64)
-
-
 def read_shape(image: Image.Image | np.ndarray) -> ShapeReading:
     """Read background, size, colour and shape off one image (see the module docstring for the steps)."""
-    pixels = _as_rgb_array(image)
+    pixels = as_rgb_array(image, allow_gray=False)  # the shapes are told apart by colour
     height, width = pixels.shape[:2]
 
     # 1. Background: a large shape in a corner covers at most ~3/8 of the border, so the border median is background;
@@ -261,19 +252,12 @@ def check_autoencoder(pipeline, num_images: int = 216, seed: int = 1) -> dict[st
     """The reader's accuracy on `num_images` dataset images after a round trip through the pipeline's VAE (encode,
     take the posterior mode, decode): the most a model can score with this decoder, however good its UNet. A low
     ceiling says the autoencoder, not the diffusion model, loses the attribute. Same dict as `check_reader`."""
-    import torch
-
     if num_images < 1:
         raise ValueError(f"`num_images`: {num_images} must be ≥ 1.")
     resolution = pipeline.default_height_width()[1]
     samples = [make_shapes_sample(index, resolution, seed) for index in range(num_images)]
-    vae, readings = pipeline.vae, []
-    with torch.no_grad():
-        for start in range(0, num_images, 108):
-            images = [image for image, _ in samples[start : start + 108]]
-            pixels = pipeline.image_processor.preprocess(images).to(device=vae.device, dtype=vae.dtype)
-            decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
-            readings += [read_shape(image) for image in pipeline.image_processor.postprocess(decoded, "pil")]
+    decoded = vae_round_trip(pipeline, [image for image, _ in samples], batch_size=108)
+    readings = [read_shape(image) for image in decoded]
     accuracy = score(readings, [attributes for _, attributes in samples])
     return {"resolution": resolution, "num_images": num_images, "seed": seed, "accuracy": accuracy}
 
@@ -329,9 +313,7 @@ def run_evaluation(
     scales = _check_arguments(
         guidance_scales, per_caption, num_inference_steps, scheduler, seed, batch_size, reader_images
     )
-    height, width = pipeline.default_height_width()
-    if height != width:
-        raise ValueError(f"`pipeline`: makes {height}x{width} images; the shapes judge reads square ones.")
+    width = square_resolution(pipeline, "shapes")
     start = time.perf_counter()
     reader = check_reader(width, reader_images)
     if reader["accuracy"]["all"] < READER_TARGET:
@@ -349,7 +331,7 @@ def run_evaluation(
     expected = [caption for caption in captions for _ in range(per_caption)]
     prompts = [caption["text"] for caption in expected]
     images, scheduler_name = generate_per_scale(
-        pipeline, prompts, scales, num_inference_steps, seed, batch_size, scheduler, height, width, progress
+        pipeline, prompts, scales, num_inference_steps, seed, batch_size, scheduler, progress
     )
     evaluation = Evaluation(metrics={}, expected=expected, images=images)
     accuracy = {}
@@ -357,7 +339,7 @@ def run_evaluation(
         evaluation.readings[scale] = [read_shape(image) for image in images[scale]]
         accuracy[guidance_key(scale)] = score(evaluation.readings[scale], expected)
 
-    best = best_guidance_scale(scales, accuracy)
+    best = best_guidance_scale(scales, accuracy, key="all")
     evaluation.metrics = {
         "accuracy": accuracy,
         "best_guidance_scale": best,
