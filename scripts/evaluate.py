@@ -1,13 +1,20 @@
-"""Judge a model trained on the shapes dataset: generate every caption of its grammar at several guidance scales and
-read size, colour, shape and background back off the pixels (training/judges/shapes.py).
+"""Judge a model trained on a built-in dataset: how well it draws what it is told, read off the pixels
+(training/judges/). The dataset comes from the model folder's record (its config.yaml; shapes without one), or --dataset.
 
-    python scripts/evaluate.py outputs/quickstart/model --output_dir outputs/quickstart
-    python scripts/evaluate.py outputs/shapes --per_caption 4 --guidance 1,2,3,5,7 --scheduler ddim --steps 50
+    shapes   every caption of the grammar at several guidance scales; size, colour, shape and background read back
+    digits   class accuracy of generated digits per guidance scale, and in-painting of held-out digits (bottom half,
+             left half, centre square) with and without the caption of the true class
+    emoji    colour accuracy on the emoji whose name holds one colour word, and nearest-reference retrieval (top-1 /
+             top-5 among every caption's real image)
 
-Writes into --output_dir (default: MODEL_FOLDER itself, next to training's samples.png and loss.png) eval.json,
-eval_accuracy.png (accuracy against guidance scale) and eval_grid_g<scale>.png per scale, and prints the accuracies.
-The reader is first checked on images drawn by the dataset itself; below 99% there the run stops. Bad arguments print
-one line to stderr and exit with code 2, before anything is loaded.
+    python scripts/evaluate.py outputs/quickstart/model --guidance 1,2,3,5 --steps 50 --per_caption 2
+    python scripts/evaluate.py outputs/digits/model --per_class 20 --inpaint_per_class 10
+    python scripts/evaluate.py outputs/emoji/model --num_captions 256 --guidance 1,3,5
+
+Writes into --output_dir (default: MODEL_FOLDER itself) eval.json, eval_accuracy.png (accuracy against guidance
+scale) and right/wrong grids, and prints the tables. Each judge is first proved on the dataset's own images (and the
+model's VAE round trip is measured as its ceiling). Bad arguments print one line to stderr and exit with code 2,
+before anything is loaded.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from training.cli import OneLineParser  # noqa: E402
 from training.cli import fail as _fail  # noqa: E402
 
 PROG = "evaluate.py"
+DATASETS = ("shapes", "digits", "emoji")
 
 
 def fail(message: str) -> None:
@@ -46,12 +54,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check everything that can be checked before torch is imported, so bad arguments fail fast."""
     parser = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("model", metavar="MODEL_FOLDER", help="a pipeline folder written by save_pretrained")
-    parser.add_argument("--per_caption", type=int, default=1, help="images per caption (108 captions)")
+    parser.add_argument("--dataset", choices=DATASETS, default=None, help="default: the one the model trained on")
     parser.add_argument("--guidance", default="1,2,3,5", help="comma-separated guidance scales (<= 1: no guidance)")
     parser.add_argument("--scheduler", choices=SCHEDULERS, default=None, help="default: the model's own")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i, at every guidance scale")
     parser.add_argument("--batch_size", type=int, default=108, help="prompts per pipeline call")
+    parser.add_argument("--per_caption", type=int, default=1, help="shapes: images per caption (108 captions)")
+    parser.add_argument("--per_class", type=int, default=10, help="digits: generated images per digit")
+    parser.add_argument("--inpaint_per_class", type=int, default=10, help="digits: held-out digits per class to "
+                        "complete per mask (0: no in-painting)")  # fmt: skip
+    parser.add_argument("--num_captions", type=int, default=256, help="emoji: captions judged for retrieval")
+    parser.add_argument("--cache_dir", default=None, help="emoji: where the dataset is built (default: the model's "
+                        "training cache_dir)")  # fmt: skip
     parser.add_argument("--output_dir", default=None, help="default: MODEL_FOLDER")
     args = parser.parse_args(argv)
 
@@ -62,20 +77,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         fail(f"MODEL_FOLDER: {args.model} has no model_index.json; pass a folder written by save_pretrained.")
     args.guidance = parse_guidance(args.guidance)
     for flag, value, low in (("--per_caption", args.per_caption, 1), ("--steps", args.steps, 1),
-                             ("--seed", args.seed, 0), ("--batch_size", args.batch_size, 1)):  # fmt: skip
+                             ("--seed", args.seed, 0), ("--batch_size", args.batch_size, 1),
+                             ("--per_class", args.per_class, 1), ("--inpaint_per_class", args.inpaint_per_class, 0),
+                             ("--num_captions", args.num_captions, 1)):  # fmt: skip
         if value < low:
             fail(f"{flag}: {value} must be >= {low}.")
     args.output_dir = Path(args.output_dir).expanduser() if args.output_dir else model
     if args.output_dir.exists() and not args.output_dir.is_dir():
         fail(f"--output_dir: {args.output_dir} exists and is not a folder.")
+    args.record = read_record(model)
+    if args.dataset is None:
+        # A folder without training's record (saved by hand) is judged as shapes, the judge this script began with.
+        recorded = (args.record or {}).get("dataset_name", "shapes")
+        if recorded not in DATASETS:
+            fail(f"--dataset: MODEL_FOLDER {args.model} learned dataset_name {recorded!r} (its config.yaml), which no "
+                 f"judge reads; pass --dataset {'|'.join(DATASETS)} to judge it as one of those.")
+        args.dataset = recorded
     return args
+
+
+def read_record(model: Path) -> dict | None:
+    """The resolved training config a sculpt training run saved beside the pipeline, as plain YAML."""
+    import yaml
+
+    path = model / "config.yaml"
+    try:
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError as error:
+        fail(f"MODEL_FOLDER: cannot read {path}: {error}")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from pipelines import LatentDiffusionPipeline
-    from training.judges.report import guidance_key
-    from training.judges.shapes import run_evaluation, write_report
 
     try:
         pipe = LatentDiffusionPipeline.from_pretrained(args.model)
@@ -83,13 +117,20 @@ def main(argv: list[str] | None = None) -> None:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         fail(f"MODEL_FOLDER: could not load {args.model!r}: {first_line}")
     try:
-        evaluation = run_evaluation(
-            pipe, args.guidance, args.per_caption, args.steps, args.scheduler, args.seed, args.batch_size, strict=True
-        )
-    except ValueError as error:  # raised before generating: a model whose resolution the reader cannot read
+        written = {"shapes": judge_shapes, "digits": judge_digits, "emoji": judge_emoji}[args.dataset](pipe, args)
+    except ValueError as error:  # raised before generating: e.g. a resolution the reader cannot read
         fail(str(error))
-    written = write_report(evaluation, args.output_dir, model=str(args.model))
+    print("wrote " + ", ".join(str(path) for path in written))
 
+
+def judge_shapes(pipe, args) -> list[Path]:
+    from training.judges.report import guidance_key
+    from training.judges.shapes import run_evaluation, write_report
+
+    evaluation = run_evaluation(
+        pipe, args.guidance, args.per_caption, args.steps, args.scheduler, args.seed, args.batch_size, strict=True
+    )
+    written = write_report(evaluation, args.output_dir, model=str(args.model))
     metrics, reader = evaluation.metrics, evaluation.metrics["reader"]
     print(f"reader on {reader['num_images']} dataset images at {reader['resolution']} px: "
           f"{reader['accuracy']['all']:.1%}")
@@ -104,7 +145,78 @@ def main(argv: list[str] | None = None) -> None:
     settings = metrics["settings"]
     print(f"best guidance scale: {metrics['best_guidance_scale']:g} ({settings['num_images']} images, "
           f"{settings['num_inference_steps']} steps {settings['scheduler']}, {metrics['seconds']:.0f} s)")
-    print("wrote " + ", ".join(str(path) for path in written))
+    return written
+
+
+def use_scheduler(pipe, name: str | None) -> None:
+    if name is not None:
+        from pipelines.schedulers import make_scheduler
+
+        pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
+
+
+def judge_digits(pipe, args) -> list[Path]:
+    from training.judges.digits import run_digits_evaluation, write_digits_report
+    from training.judges.report import guidance_key
+
+    use_scheduler(pipe, args.scheduler)
+    evaluation = run_digits_evaluation(pipe, args.guidance, args.per_class, args.steps, args.seed,
+                                       min(args.batch_size, 100), inpaint_per_class=args.inpaint_per_class)  # fmt: skip
+    written = write_digits_report(evaluation, args.output_dir, model=str(args.model))
+    metrics = evaluation.metrics
+    classifier = metrics["classifier"]
+    print(f"classifier on {classifier['num_images']} held-out digits: {classifier['accuracy']:.1%}"
+          f"; after the model's VAE: {metrics['autoencoder']['accuracy']:.1%} (chance {metrics['chance']:.0%})")
+    print(f"{'guidance':>8}  {'class accuracy':>14}")
+    for scale in metrics["settings"]["guidance_scales"]:
+        print(f"{scale:>8g}  {metrics['generation'][guidance_key(scale)]['accuracy']:>14.3f}")
+    inpainting = metrics["inpainting"]
+    if inpainting["masks"]:
+        print(f"in-painting {inpainting['num_images']} held-out digits (guidance {inpainting['guidance_scale']:g} with "
+              "the caption):")  # fmt: skip
+        print(f"{'mask':>14}  {'with caption':>12}  {'without':>7}  {'masked, not completed':>21}")
+        for mask, r in inpainting["masks"].items():
+            print(f"{mask:>14}  {r['with_caption']:>12.3f}  {r['without_caption']:>7.3f}  {r['masked_only']:>21.3f}")
+    print(f"best guidance scale: {metrics['best_guidance_scale']:g} ({metrics['seconds']:.0f} s)")
+    return written
+
+
+def judge_emoji(pipe, args) -> list[Path]:
+    from training.builtin import builtin_dataset_dir
+    from training.config import TrainConfig, load_config
+    from training.judges.emoji import run_emoji_evaluation, write_emoji_report
+    from training.judges.report import guidance_key
+
+    # The dataset as the model saw it: the record's emoji options (the default ones without a record) at the
+    # pipeline's resolution; built into the cache on first use.
+    overrides = [f"cache_dir={args.cache_dir}"] if args.cache_dir else []
+    resolution = pipe.default_height_width()[1]
+    if args.record is not None:
+        config = load_config(Path(args.model) / "config.yaml", [*overrides, "dataset_name=emoji"])
+    else:  # only the dataset keys matter: no model parts to check against each other
+        config = TrainConfig(dataset_name="emoji", resolution=resolution, vae_config={}, unet_config={},
+                             cache_dir=args.cache_dir)  # fmt: skip
+    data_dir = builtin_dataset_dir(config)
+    use_scheduler(pipe, args.scheduler)
+    evaluation = run_emoji_evaluation(pipe, data_dir, args.guidance, args.num_captions, args.steps, args.seed,
+                                      min(args.batch_size, 64))  # fmt: skip
+    written = write_emoji_report(evaluation, data_dir, args.output_dir, model=str(args.model))
+    metrics = evaluation.metrics
+    real, ceiling = metrics["reader"]["color_leave_one_out"], metrics["autoencoder"]
+    chance = metrics["best_scores"]["retrieval"]
+    print(f"colour reader on the real images (leave one out): {real['accuracy']:.1%} of {real['num_images']}; "
+          f"retrieval among {metrics['settings']['gallery_size']} (chance top-1 {chance['chance_top1']:.2%}, top-5 "
+          f"{chance['chance_top5']:.2%})")  # fmt: skip
+    colour = ceiling["color"]["accuracy"] if ceiling["color"] else float("nan")
+    print(f"after the model's VAE (the ceiling): colour {colour:.3f}, top-1 {ceiling['retrieval']['top1']:.3f}, "
+          f"top-5 {ceiling['retrieval']['top5']:.3f}")
+    print(f"{'guidance':>8}  {'colour':>6}  {'top-1':>6}  {'top-5':>6}")
+    for scale in metrics["settings"]["guidance_scales"]:
+        s = metrics["scores"][guidance_key(scale)]
+        colour = s["color"]["accuracy"] if s["color"] else float("nan")
+        print(f"{scale:>8g}  {colour:>6.3f}  {s['retrieval']['top1']:>6.3f}  {s['retrieval']['top5']:>6.3f}")
+    print(f"best guidance scale (by top-5): {metrics['best_guidance_scale']:g} ({metrics['seconds']:.0f} s)")
+    return written
 
 
 if __name__ == "__main__":

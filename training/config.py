@@ -45,7 +45,7 @@ NON_FINITE_LOSS_POLICIES = ("stop", "skip")
 BAD_IMAGE_POLICIES = ("stop", "skip")
 # accelerate trackers: "all" is every integration accelerate finds installed (its own meaning of log_with="all").
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
-BUILTIN_DATASETS = ("shapes",)
+BUILTIN_DATASETS = ("shapes", "emoji", "digits")  # training/builtin/
 # Set by sculpt from the tokenizer or from top-level keys; giving them inside the dicts would conflict.
 _TOKENIZER_KEYS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
 _MIN_TOKENIZER_VOCAB = 2 * 256 + 2  # byte-level BPE: 256 bytes, each mid-word and word-final, plus BOS/EOS
@@ -153,8 +153,9 @@ class TrainConfig:
     tracker_project_name: str = _run("sculpt")  # run name shown in TensorBoard
 
     # ---- data ------------------------------------------------------------------------------------------------------
-    # Exactly one source: `dataset_name` ("shapes" = the built-in synthetic set, a Hub dataset id, or a folder written
-    # by `datasets.save_to_disk`) or `train_data_dir` (an imagefolder: images plus metadata.jsonl with file_name/text).
+    # Exactly one source: `dataset_name` (a built-in dataset: "shapes", "emoji" or "digits"; a Hub dataset id; or a folder
+    # written by `datasets.save_to_disk`) or `train_data_dir` (an imagefolder: images plus metadata.jsonl with
+    # file_name/text).
     dataset_name: str | None = None
     dataset_config_name: str | None = None  # the Hub dataset's configuration, if it has several
     train_data_dir: str | None = None
@@ -164,6 +165,17 @@ class TrainConfig:
     max_train_samples: int | None = None  # train on a random subset of this size (quick experiments, debugging)
     dataset_seed: int = 0  # which data: the shapes generator and the max_train_samples subset; independent of `seed`
     num_shapes_samples: int = 10_000  # size of the built-in shapes dataset (216 captions, so ~46 images each)
+    # The built-in emoji dataset (training/builtin/emoji.py, sculpt[emoji]): OpenMoji's artwork ("openmoji") and, where
+    # Debian's fonts-noto-color-emoji is installed, Noto's ("noto"), named by Unicode's CLDR short names. Built once
+    # at `resolution` into `cache_dir`.
+    emoji_styles: list[str] = field(default_factory=lambda: ["openmoji"])
+    emoji_skin_tones: bool = False  # the skin-tone variants too (about half of all emoji are one)
+    emoji_groups: list[str] = field(default_factory=list)  # Unicode groups to keep ("Animals & Nature", ...); [] → all
+    emoji_exclude_groups: list[str] = field(default_factory=list)  # e.g. [Flags]
+    emoji_background: str = "white"  # what the transparent artwork is composited onto (a colour name or #rrggbb)
+    # The built-in digits dataset (training/builtin/digits.py, sculpt[digits]): scikit-learn's 1,797 handwritten 8×8
+    # digits upsampled to `resolution`; this many per class are held out for the judge (split by `dataset_seed`).
+    digits_test_per_class: int = 30
     on_bad_image: str = "stop"  # an unreadable image: "stop" with an error naming it, or "skip" with a counted warning
     resolution: int = 64  # training side in pixels: images are resized (shorter side) then cropped to a square
     center_crop: bool = False  # center crop instead of a random crop

@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 from pipelines.loading import looks_like_path
 
 from .buckets import BucketBatchSampler, assign_buckets, check_buckets, make_buckets, parse_size
+from .builtin import builtin_dataset_dir
 from .builtin.shapes import make_shapes_dataset
 from .config import BUILTIN_DATASETS, IMAGE_INTERPOLATION_MODES, TrainConfig
 
@@ -85,9 +86,14 @@ def load_train_dataset(config: TrainConfig) -> datasets.Dataset:
 
 
 def _load_source(config: TrainConfig) -> tuple[datasets.Dataset, str]:
-    if config.dataset_name in BUILTIN_DATASETS:
+    if config.dataset_name == "shapes":
         dataset = make_shapes_dataset(config.num_shapes_samples, config.resolution, config.dataset_seed)
         return dataset, f"the built-in shapes dataset (seed {config.dataset_seed})"
+    if config.dataset_name in BUILTIN_DATASETS:  # built once into cache_dir as an imagefolder
+        folder = builtin_dataset_dir(config)
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(folder), cache_dir=config.cache_dir)
+        return _train_split(loaded, f"`dataset_name`: {config.dataset_name!r}"), (
+            f"the built-in {config.dataset_name} dataset ({folder})")
     if config.dataset_name is not None:
         name = config.dataset_name
         path = Path(name).expanduser()

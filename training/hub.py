@@ -31,6 +31,7 @@ from diffusers.utils import logging
 from pipelines.latents import vae_scale_factor
 from pipelines.loading import PICKLE_SUFFIXES, folder_pickle_only, is_hub_id, is_repo_id
 
+from .builtin import dataset_license
 from .builtin.shapes import BACKGROUNDS, CAPTION_TEMPLATE, COLORS, SHAPES, SIZES
 from .config import BUILTIN_DATASETS, TrainConfig, load_config
 from .errors import PushError
@@ -146,17 +147,28 @@ def _training_section(config: TrainConfig, folder: Path, num_processes: int | No
                                    "steps)"))
     table = "\n".join(f"| {key} | {value} |" for key, value in rows)
     loss_plot = "\n\n![training loss](loss.png)" if (folder / "loss.png").is_file() else ""
+    notice = dataset_license(config)
+    notice = f"\n\n### Training data: licence and attribution\n\n{notice}" if notice else ""
     return (
         "| setting | value |\n| --- | --- |\n" + table + "\n\nThe full resolved configuration is `config.yaml` in this "
         "folder: sculpt's `python scripts/train.py --config config.yaml` repeats the run."
-        + loss_plot
+        + loss_plot + notice
     )
 
 
 def _data_description(config: TrainConfig) -> str:
-    if config.dataset_name in BUILTIN_DATASETS:
+    if config.dataset_name == "shapes":
         return (f"sculpt's built-in synthetic shapes dataset, {config.num_shapes_samples} images "
                 f"(dataset seed {config.dataset_seed})")
+    if config.dataset_name == "emoji":
+        skin = "with" if config.emoji_skin_tones else "without"
+        groups = f", groups {', '.join(config.emoji_groups)}" if config.emoji_groups else ""
+        excluded = f", without {', '.join(config.emoji_exclude_groups)}" if config.emoji_exclude_groups else ""
+        return (f"sculpt's built-in emoji dataset ({' and '.join(config.emoji_styles)} style, {skin} skin-tone "
+                f"variants{groups}{excluded}, on {config.emoji_background}; captions are Unicode's CLDR short names)")
+    if config.dataset_name == "digits":
+        return (f"sculpt's built-in handwritten digits (scikit-learn's 8×8 digits upsampled to {config.resolution} px, "
+                f"{config.digits_test_per_class} per class held out; captions \"a handwritten digit <name>\")")
     if config.dataset_name:
         subset = f" ({config.max_train_samples} samples)" if config.max_train_samples else ""
         return f"`{config.dataset_name}`{subset}"
@@ -180,7 +192,7 @@ def _limitations(config: TrainConfig | None, resolution: int | None) -> str:
     if resolution:
         items.append(f"It generates {resolution}×{resolution} images. Other sizes run (multiples of the VAE's "
                      "downsampling factor) but were never trained.")
-    if config is not None and config.dataset_name in BUILTIN_DATASETS:
+    if config is not None and config.dataset_name == "shapes":
         items.append(
             "It knows only the captions of the shapes dataset: "
             f"\"{CAPTION_TEMPLATE}\" with size {'/'.join(SIZES)}, colour {'/'.join(COLORS)}, shape "

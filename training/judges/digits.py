@@ -25,6 +25,7 @@ import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,8 +49,11 @@ from .report import (
     check_integers,
     generate,
     guidance_key,
+    marked,
+    plot_accuracy,
     square_resolution,
     vae_round_trip,
+    write_eval_json,
 )
 
 logger = logging.get_logger(__name__)
@@ -323,3 +327,52 @@ def evaluate_digits(
         pipeline, guidance_scales, per_class, num_inference_steps, seed, batch_size, masks, inpaint_per_class,
         inpaint_guidance_scale, progress,
     ).metrics  # fmt: skip
+
+
+# ---- eval.json, the accuracy plot and the grids ----------------------------------------------------------------------
+def write_digits_report(evaluation: DigitsEvaluation, output_dir: str | Path, model: str | None = None) -> list[Path]:
+    """eval.json, eval_accuracy.png (generation accuracy and each mask's completion accuracy against guidance),
+    eval_grid_g<best>.png (the generated digits at the best scale, one row per class, each marked right or wrong)
+    and eval_inpaint_<mask>.png (per held-out digit: the original, what the pipeline was given, and its completion
+    with and without the caption, marked) into `output_dir`; returns their paths, eval.json first."""
+    from pipelines.utils import make_grid
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics, settings = evaluation.metrics, evaluation.metrics["settings"]
+    scales, best = settings["guidance_scales"], metrics["best_guidance_scale"]
+    paths = [output_dir / "eval_accuracy.png"]
+    ceilings = {"the VAE alone (held-out digits)": metrics["autoencoder"]["accuracy"]}
+    inpainting = metrics["inpainting"]
+    subtitle = (f"{settings['per_class']} per class, {settings['num_inference_steps']} steps {settings['scheduler']}; "
+                f"classifier on held-out digits {metrics['classifier']['accuracy']:.1%}; in-painting (dots, at "
+                f"guidance {inpainting['guidance_scale']:g}): " + ", ".join(
+                    f"{mask} {r['with_caption']:.2f} with / {r['without_caption']:.2f} without caption"
+                    for mask, r in inpainting["masks"].items()))  # fmt: skip
+    plot_accuracy(paths[0], scales, {"generated digit is the one asked for": [
+        metrics["generation"][guidance_key(g)]["accuracy"] for g in scales]}, best,
+        f"digits judge: {model}" if model else "digits judge", subtitle, ceilings,
+        bold="generated digit is the one asked for")  # fmt: skip
+
+    images, predicted = evaluation.images[best], evaluation.predicted[best]
+    cells = [marked(image, p == e) for image, p, e in zip(images, predicted, evaluation.expected)]
+    paths.append(output_dir / f"eval_grid_g{guidance_key(best)}.png")
+    make_grid(cells, rows=len(DIGIT_NAMES)).save(paths[-1])
+
+    if evaluation.completions:
+        originals, labels = held_out_digits(settings["resolution"], settings["inpaint_per_class"])
+        for mask_kind in settings["masks"]:
+            mask = make_mask(mask_kind, settings["resolution"])
+            row_cells = []
+            for i, (original, label) in enumerate(zip(originals, labels)):
+                row_cells += [marked(original, True), marked(mask_out(original, mask), True)]
+                for name in ("with_caption", "without_caption"):
+                    completion = evaluation.completions[(mask_kind, name)][i]
+                    row_cells.append(marked(completion, _classify_one(completion) == label))
+            paths.append(output_dir / f"eval_inpaint_{mask_kind}.png")
+            make_grid(row_cells, rows=len(originals)).save(paths[-1])
+    return [write_eval_json(metrics, output_dir, paths, model), *paths]
+
+
+def _classify_one(image: Image.Image) -> int:
+    return int(digit_classifier().predict([image])[0])

@@ -46,8 +46,11 @@ from .report import (
     check_integers,
     generate,
     guidance_key,
+    marked,
+    plot_accuracy,
     square_resolution,
     vae_round_trip,
+    write_eval_json,
 )
 
 COLOR_WORDS = ("red", "orange", "yellow", "green", "blue", "purple", "brown", "black", "white")
@@ -442,3 +445,45 @@ def evaluate_emoji(
     return run_emoji_evaluation(
         pipeline, data_dir, guidance_scales, num_captions, num_inference_steps, seed, batch_size, progress
     ).metrics
+
+
+# ---- eval.json, the accuracy plot and the grid -----------------------------------------------------------------------
+def write_emoji_report(evaluation: EmojiEvaluation, data_dir: str | Path, output_dir: str | Path,
+                       model: str | None = None, grid_captions: int = 64) -> list[Path]:  # fmt: skip
+    """eval.json, eval_accuracy.png (colour accuracy and retrieval top-1 / top-5 against guidance, with the VAE's
+    ceilings) and eval_grid_g<best>.png (`grid_captions` of the judged captions: each real image beside the one
+    generated for its caption at the best scale, green where the generated one retrieves its own caption in the
+    top 5) into `output_dir`; returns their paths, eval.json first."""
+    from pipelines.utils import make_grid
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics, settings = evaluation.metrics, evaluation.metrics["settings"]
+    scales, best = settings["guidance_scales"], metrics["best_guidance_scale"]
+    scores = [metrics["scores"][guidance_key(g)] for g in scales]
+    series = {"retrieval top-5": [s["retrieval"]["top5"] for s in scores],
+              "retrieval top-1": [s["retrieval"]["top1"] for s in scores]}  # fmt: skip
+    ceiling = metrics["autoencoder"]
+    ceilings = {"top-5 after the VAE alone": ceiling["retrieval"]["top5"]}
+    if scores[0]["color"] is not None:
+        series["colour"] = [s["color"]["accuracy"] for s in scores]
+        ceilings["colour after the VAE alone"] = ceiling["color"]["accuracy"]
+    subtitle = (f"{settings['num_captions']} captions for retrieval among {settings['gallery_size']} (chance top-5 "
+                f"{scores[0]['retrieval']['chance_top5']:.2%}), {settings['num_color_captions']} colour captions; "
+                f"{settings['num_inference_steps']} steps {settings['scheduler']}")  # fmt: skip
+    paths = [output_dir / "eval_accuracy.png"]
+    plot_accuracy(paths[0], scales, series, best, f"emoji judge: {model}" if model else "emoji judge", subtitle,
+                  ceilings, bold="retrieval top-5")  # fmt: skip
+
+    references = load_references(data_dir)
+    by_row = dict(zip(evaluation.rows, evaluation.images[best]))
+    shown = evaluation.retrieval_rows[:grid_captions]
+    gallery = _gallery(str(Path(data_dir).expanduser().resolve()))
+    ranks = retrieval_ranks(features([by_row[i] for i in shown]), gallery, np.array(shown))
+    cells, captions = [], []
+    for row, rank in zip(shown, ranks):
+        cells += [marked(references.images[row], True), marked(by_row[row], rank < 5)]
+        captions += [references.rows[row]["text"], f"rank {int(rank) + 1}"]
+    paths.append(output_dir / f"eval_grid_g{guidance_key(best)}.png")
+    make_grid(cells, columns=16, padding=2, captions=captions).save(paths[-1])
+    return [write_eval_json(metrics, output_dir, paths, model), *paths]

@@ -181,35 +181,40 @@ def write_eval_json(metrics: dict[str, Any], output_dir: Path, files: Sequence[P
     return json_path
 
 
-def plot_accuracy(metrics: dict[str, Any], path: str | Path, attributes: Sequence[str], title: str,
-                  subtitle: str = "", ceiling_label: str = "after the VAE alone") -> None:  # fmt: skip
-    """Accuracy against guidance scale: one line per attribute, a thick one for "all" (when the metrics hold it),
-    the autoencoder's ceiling as a dashed line (when measured) and the best scale as a dotted one; PNG."""
+def plot_accuracy(path: str | Path, scales: Sequence[float], series: dict[str, Sequence[float]], best: float,
+                  title: str, subtitle: str = "", ceilings: dict[str, float] | None = None,
+                  bold: str | None = None) -> None:  # fmt: skip
+    """Accuracy against guidance scale: one line per entry of `series` (the `bold` one thick), each of `ceilings`
+    (e.g. the score after the VAE alone) as a dashed line, and the best scale as a dotted one; PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scales = metrics["settings"]["guidance_scales"]
-    accuracy = [metrics["accuracy"][guidance_key(g)] for g in scales]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    for attribute in attributes:
-        ax.plot(scales, [a[attribute] for a in accuracy], marker="o", linewidth=1.2, label=attribute)
-    if all("all" in a for a in accuracy):
-        ax.plot(scales, [a["all"] for a in accuracy], marker="s", color="black", linewidth=2.6, label="all four")
-    if "autoencoder" in metrics:
-        ceiling = metrics["autoencoder"]["accuracy"]["all"]
-        ax.axhline(ceiling, color="black", linestyle="--", linewidth=1, label=f"all four {ceiling_label}")
-    best = metrics["best_guidance_scale"]
+    for label, values in series.items():
+        thick = label == bold
+        ax.plot(scales, values, marker="s" if thick else "o", linewidth=2.6 if thick else 1.2, label=label,
+                **({"color": "black"} if thick else {}))  # fmt: skip
+    for label, value in (ceilings or {}).items():
+        ax.axhline(value, color="black", linestyle="--", linewidth=1, label=label)
     ax.axvline(best, color="gray", linestyle=":", linewidth=1)
     ax.set_title(f"{title}\n{subtitle}" if subtitle else title, fontsize=9)
     ax.set_xlabel("guidance scale")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xticks(scales)
+    ax.set_xticks(list(scales))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def marked(image: Image.Image, right: bool, side: int = 64, border: int = 3) -> Image.Image:
+    """`image` upscaled (nearest, its pixels as they are) to `side`, in a border that is green when right, red when
+    wrong: a cell of a judge's right/wrong grid."""
+    cell = Image.new("RGB", (side + 2 * border, side + 2 * border), RIGHT if right else WRONG)
+    cell.paste(image.convert("RGB").resize((side, side), Image.NEAREST), (border, border))
+    return cell

@@ -432,7 +432,12 @@ def plot_shapes_accuracy(metrics: dict[str, Any], path: str | Path, title: str =
     subtitle = (f"{settings['num_captions']} captions x {settings['per_caption']}, "
                 f"{settings['num_inference_steps']} steps {settings['scheduler']}; best guidance {best:g}; "
                 f"reader on data {reader['accuracy']['all']:.1%}")  # fmt: skip
-    plot_accuracy(metrics, path, ATTRIBUTES, title, subtitle)
+    scales = settings["guidance_scales"]
+    accuracy = [metrics["accuracy"][guidance_key(g)] for g in scales]
+    series = {name: [a[key] for a in accuracy] for name, key in [*zip(ATTRIBUTES, ATTRIBUTES), ("all four", "all")]}
+    ceilings = {"all four after the VAE alone": metrics["autoencoder"]["accuracy"]["all"]} if "autoencoder" in metrics \
+        else {}
+    plot_accuracy(path, scales, series, best, title, subtitle, ceilings, bold="all four")
 
 
 def labelled_grid(
