@@ -244,7 +244,7 @@ def test_evaluation_repeats_and_leaves_the_pipeline_as_it_was(pipeline, evaluati
         ({"seed": -1}, r"`seed`: -1 must be an integer ≥ 0"),
         ({"batch_size": 2.5}, r"`batch_size`: 2.5 must be an integer ≥ 1"),
         ({"scheduler": "pndm"},
-         r"`scheduler`: 'pndm' is not one of \['ddpm', 'ddim', 'dpm', 'dpm-karras', 'euler', 'euler-ancestral', 'unipc'\]"),
+         r"`scheduler`: 'pndm' is not one of \['ddpm', 'ddpm-large', 'ddim', 'dpm', 'dpm-karras', 'euler', 'euler-ancestral', 'unipc'\]"),
         ({"reader_images": 0}, r"`reader_images`: 0 must be an integer ≥ 1"),
     ],
     ids=["empty", "negative", "repeated", "per_caption", "steps", "seed", "batch_size", "scheduler", "reader_images"],

@@ -330,9 +330,11 @@ def run_evaluation(
     captions = shapes_captions()
     expected = [caption for caption in captions for _ in range(per_caption)]
     prompts = [caption["text"] for caption in expected]
+    generation_start = time.perf_counter()
     images, scheduler_name = generate_per_scale(
         pipeline, prompts, scales, num_inference_steps, seed, batch_size, scheduler, progress
     )
+    generation_seconds = time.perf_counter() - generation_start
     evaluation = Evaluation(metrics={}, expected=expected, images=images)
     accuracy = {}
     for scale in scales:
@@ -358,6 +360,7 @@ def run_evaluation(
             "num_images": len(prompts) * len(scales),
         },
         "seconds": round(time.perf_counter() - start, 2),
+        "seconds_per_image": round(generation_seconds / (len(prompts) * len(scales)), 4),  # generation alone
     }
     return evaluation
 
