@@ -149,6 +149,17 @@ def make_ema(config, model, device):
     return ema
 
 
+def make_optimizer(config, params, learning_rate: float) -> torch.optim.AdamW:
+    """AdamW (decoupled weight decay, arXiv 1711.05101) with the config's betas, decay and eps, fused into one
+    kernel where torch has one for the parameters' device (CUDA, and CPU since torch 2.4): the per-tensor loop of the
+    default implementation cost ~4× as much for the quickstart UNet's 324 tensors (docs/performance.md)."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+                for p in params)  # fmt: skip
+    return torch.optim.AdamW(params, lr=learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                             weight_decay=config.adam_weight_decay, eps=config.adam_epsilon, fused=fused or None)
+
+
 def make_lr_scheduler(config, optimizer, num_processes: int, max_train_steps: int):
     """The config's LR schedule. accelerate steps a prepared scheduler once per process per optimizer step, so warmup
     and total are counted in "process steps" (as diffusers' training scripts do)."""
@@ -243,13 +254,24 @@ def guarded_step(accelerator, params, loss, optimizer, lr_scheduler, config) -> 
     micro-steps (no gradient sync yet) there is nothing to check: (True, None)."""
     finite, grad_norm = True, None
     if accelerator.sync_gradients:
-        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        grad_norm = clip_gradients(accelerator, params, config.max_grad_norm)
         finite = all_finite(accelerator, loss, grad_norm)
     if finite:
         optimizer.step()
         lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return finite, grad_norm
+
+
+def clip_gradients(accelerator, params, max_norm: float) -> torch.Tensor:
+    """accelerate's `clip_grad_norm_`, with torch's multi-tensor (foreach) norm where accelerate would call torch's
+    plain one (no sharding: one process, or DDP): ~2× faster over many small tensors on CPU."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        accelerator.unscale_gradients()
+        return torch.nn.utils.clip_grad_norm_(list(params), max_norm, foreach=True)
+    return accelerator.clip_grad_norm_(params, max_norm)
 
 
 def all_finite(accelerator, loss: torch.Tensor, grad_norm) -> bool:

@@ -81,9 +81,11 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     set_seed(config.seed)
 
     # 3. Data (first, because a tokenizer trained from scratch needs the captions), checked before anything is written.
-    dataset = load_train_dataset(config)
+    with accelerator.main_process_first():  # a built-in dataset is built once, by the main process
+        dataset = load_train_dataset(config)
+    # With cached latents a step needs no pixels: the loader skips decoding and transforming every image.
     dataloader, _ = build_train_dataloader(dataset, config, num_processes=accelerator.num_processes,
-                                           multiple=bucket_multiple(config))
+                                           multiple=bucket_multiple(config), pixels=not config.cache_latents)
     if dry_run:
         accelerator.wait_for_everyone()
     else:  # every rank has checked its input before the main one writes anything
@@ -143,14 +145,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     if config.scale_lr:
         learning_rate *= config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if config.train_text_encoder else [])
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay,
-        eps=config.adam_epsilon,
-        fused=torch.cuda.is_available() or None,
-    )
+    optimizer = run.make_optimizer(config, params, learning_rate)
     lr_scheduler = run.make_lr_scheduler(config, optimizer, accelerator.num_processes, config.max_train_steps)
 
     # 7. Prepare for (distributed) training.
@@ -317,14 +312,18 @@ def batch_latents(batch, vae, cache, generators, weight_dtype) -> torch.Tensor:
 
 @torch.no_grad()
 def cache_latent_distributions(dataset, config, vae, accelerator, weight_dtype) -> dict[int, tuple[torch.Tensor, ...]]:
-    """Mean and std of q(z | x) for every example, computed once; each step still samples z afresh from them."""
+    """Mean and std of q(z | x) for every example, computed once; each step still samples z afresh from them. Each
+    process encodes every N-th batch and all of them receive the whole cache (the same numbers as one process
+    computing it alone: the batches are the same, only where they are computed differs)."""
     loader, _ = build_train_dataloader(dataset, config, shuffle=False, augment=False, multiple=bucket_multiple(config))
-    cache = {}
-    for batch in tqdm(loader, desc="cache latents", disable=not accelerator.is_local_main_process):
+    batches = list(loader.batch_sampler)[accelerator.process_index :: accelerator.num_processes]
+    mine = []
+    for indices in tqdm(batches, desc="cache latents", disable=not accelerator.is_local_main_process):
+        batch = loader.collate_fn([loader.dataset[i] for i in indices])
         posterior = vae.encode(batch["pixel_values"].to(vae.device, weight_dtype)).latent_dist
-        for i, mean, std in zip(batch["indices"], posterior.mean.float().cpu(), posterior.std.float().cpu()):
-            cache[i] = (mean, std)
-    return cache
+        mine += list(zip(batch["indices"], posterior.mean.float().cpu(), posterior.std.float().cpu()))
+    everything = accelerator.gather_object(mine) if accelerator.num_processes > 1 else mine
+    return {i: (mean, std) for i, mean, std in everything}
 
 
 @torch.no_grad()

@@ -70,7 +70,8 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     factor = vae_scale_factor(vae)
     if config.resolution % factor:
         raise ValueError(f"`resolution`: {config.resolution} must be divisible by the VAE's downsampling factor {factor}.")
-    dataset = load_train_dataset(config)
+    with accelerator.main_process_first():  # a built-in dataset is built once, by the main process
+        dataset = load_train_dataset(config)
     dataloader, _ = build_train_dataloader(dataset, config, batch_size=config.vae_train_batch_size,
                                            num_processes=accelerator.num_processes, multiple=bucket_multiple(config, vae))
     if dry_run:
@@ -85,10 +86,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
 
     # 3. Optimizer, schedule, prepare.
     model = _Autoencode(vae)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.vae_learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
-    )
+    optimizer = run.make_optimizer(config, model.parameters(), config.vae_learning_rate)
     lr_scheduler = run.make_lr_scheduler(config, optimizer, accelerator.num_processes, config.vae_max_train_steps)
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
 

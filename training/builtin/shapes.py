@@ -8,6 +8,8 @@ backgrounds = 108 captions.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datasets
 import numpy as np
 from PIL import Image, ImageDraw
@@ -67,15 +69,19 @@ def make_shapes_sample(index: int, resolution: int, seed: int) -> tuple[Image.Im
     return image, {"text": CAPTION_TEMPLATE.format(**attributes), **attributes}
 
 
-def make_shapes_dataset(num_samples: int, resolution: int, seed: int) -> datasets.Dataset:
-    """The built-in dataset: columns `image` (datasets.Image, PNG), `text` and `size`/`color`/`shape`/`background`.
-    Deterministic: the same arguments give identical pixels."""
+def _check_arguments(num_samples: int, resolution: int, seed: int) -> None:
     if num_samples < 1:
         raise ValueError(f"`num_samples`: {num_samples} must be ≥ 1.")
     if resolution < MIN_SHAPES_RESOLUTION:
         raise ValueError(f"`resolution`: {resolution} must be ≥ {MIN_SHAPES_RESOLUTION} for the shapes dataset.")
     if seed < 0:
         raise ValueError(f"`seed`: {seed} must be ≥ 0.")
+
+
+def make_shapes_dataset(num_samples: int, resolution: int, seed: int) -> datasets.Dataset:
+    """The built-in dataset: columns `image` (datasets.Image, PNG), `text` and `size`/`color`/`shape`/`background`.
+    Deterministic: the same arguments give identical pixels."""
+    _check_arguments(num_samples, resolution, seed)
     columns: dict[str, list] = {"image": [], "text": [], "size": [], "color": [], "shape": [], "background": []}
     for index in range(num_samples):
         image, attributes = make_shapes_sample(index, resolution, seed)
@@ -86,3 +92,20 @@ def make_shapes_dataset(num_samples: int, resolution: int, seed: int) -> dataset
         {"image": datasets.Image(), **{key: datasets.Value("string") for key in columns if key != "image"}}
     )
     return datasets.Dataset.from_dict(columns, features=features)
+
+
+def shapes_dataset_dir(cache_dir: str | Path, num_samples: int, resolution: int, seed: int) -> Path:
+    """`make_shapes_dataset(num_samples, resolution, seed)` saved once (`datasets.save_to_disk`) into `cache_dir`,
+    and found there on later calls: the ranks of a run and both of its stages load the same Arrow files instead of
+    each drawing and PNG-encoding thousands of images again."""
+    from .cache import BUILD_RECORD, build_record_json, cached_build
+
+    record = {"dataset": "shapes", "format_version": 1, "num_samples": num_samples, "resolution": resolution,
+              "seed": seed}  # fmt: skip
+
+    def build(folder: Path) -> None:
+        make_shapes_dataset(num_samples, resolution, seed).save_to_disk(str(folder / "data"))
+        (folder / BUILD_RECORD).write_text(build_record_json(record), encoding="utf-8")
+
+    _check_arguments(num_samples, resolution, seed)  # before anything is written
+    return cached_build(cache_dir, f"shapes-{resolution}px", record, build) / "data"
