@@ -34,7 +34,7 @@ LORA_COMPONENTS = ("unet", "text_encoder")
 KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 
 
-def _layer_and_part(key: str) -> tuple[str, str] | None:
+def layer_and_part(key: str) -> tuple[str, str] | None:
     """"down_blocks.0.attn1.to_q.lora_A.weight" → ("down_blocks.0.attn1.to_q", "lora_A.weight"), for the PEFT-format
     keys diffusers' converters produce; None for a key that is not a LoRA tensor."""
     for marker in (".lora_A.", ".lora_B.", ".lora_magnitude_vector"):
@@ -96,7 +96,7 @@ def _check_component(part: dict[str, torch.Tensor], component, name: str, source
     modules = dict(component.named_modules())
     layers: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in part.items():
-        found = _layer_and_part(key)
+        found = layer_and_part(key)
         if found is None:
             raise ValueError(f"{source}: the key {name}.{key} is not a LoRA weight (lora_A / lora_B / lora.down / "
                              f"lora.up); the file is not a LoRA, or is one in a format diffusers cannot read.")
@@ -142,7 +142,7 @@ def to_kohya(state_dict: dict[str, torch.Tensor], alphas: dict[str, float], text
         if not part:
             continue
         for key, tensor in peft_layout(name, part).items():
-            layer, kind = _layer_and_part(key)
+            layer, kind = layer_and_part(key)
             if name == "text_encoder" and not layer.startswith("text_model."):
                 layer = "text_model." + layer  # the name sd-scripts and A1111 use (transformers < 5 nesting)
             stem = prefix + layer.replace(".", "_")

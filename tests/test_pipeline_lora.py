@@ -15,20 +15,20 @@ import numpy as np
 import pytest
 import torch
 from conftest import NO_SCULPT, make_components
+from conftest import make_lora_file as make_lora
 from diffusers import EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline
 
 from pipelines import LatentDiffusionImg2ImgPipeline, LatentDiffusionInpaintPipeline, LatentDiffusionPipeline
 from pipelines.lora import to_kohya
 
 peft = pytest.importorskip("peft", reason="diffusers' LoRA loader needs peft: pip install -e '.[lora]'")
-from peft import LoraConfig, inject_adapter_in_model  # noqa: E402
+from peft import LoraConfig  # noqa: E402
 from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 from peft.utils import get_peft_model_state_dict  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 PROMPT = "a small red circle on a white background"
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
 def ours(cls=LatentDiffusionPipeline, **overrides):
@@ -48,29 +48,6 @@ def run(pipe, **kwargs) -> np.ndarray:
     kwargs.setdefault("guidance_scale", 3.0)
     return pipe(PROMPT, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0),
                 **kwargs).images  # fmt: skip
-
-
-def make_lora(folder, seed: int = 1, rank: int = 4, alpha: float = 8, text_encoder: bool = False, metadata=True):
-    """A LoRA file written the way diffusers' LoRA scripts write one: peft adapters on the tiny UNet (and text
-    encoder), `get_peft_model_state_dict`, `StableDiffusionPipeline.save_lora_weights` (with the adapter metadata,
-    as diffusers ≥ 0.35 writes it, so α ≠ r loads right)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-
-    parts = make_components()
-    torch.manual_seed(seed)
-    parts["unet"].add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=False, target_modules=UNET_TARGETS))
-    kwargs = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(parts["unet"]))}
-    if metadata:
-        kwargs["unet_lora_adapter_metadata"] = parts["unet"].peft_config["default"].to_dict()
-    if text_encoder:
-        config = LoraConfig(r=2, lora_alpha=2, init_lora_weights=False, target_modules=TEXT_TARGETS)
-        inject_adapter_in_model(config, parts["text_encoder"])
-        kwargs["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(
-            get_peft_model_state_dict(parts["text_encoder"]))
-        if metadata:
-            kwargs["text_encoder_lora_adapter_metadata"] = config.to_dict()
-    StableDiffusionPipeline.save_lora_weights(folder, **kwargs)
-    return folder
 
 
 def has_adapters(module) -> bool:

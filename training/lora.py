@@ -301,3 +301,89 @@ def trigger_words(config) -> list[str]:
         rare = _RARE_TOKEN.findall(config.instance_prompt)
         return rare or [config.instance_prompt]
     return []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Other layouts (scripts/export_lora.py)
+# ---------------------------------------------------------------------------------------------------------------------
+FORMATS = ("kohya", "diffusers")
+
+
+def lora_file(source: str | Path) -> Path:
+    """The LoRA file `source` names: a .safetensors file, or a folder holding pytorch_lora_weights.safetensors."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / LORA_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"`source`: {str(source)!r} is neither a .safetensors file nor a folder holding "
+                                f"{LORA_WEIGHTS}.")  # fmt: skip
+    return path
+
+
+def _uniform(values: dict, what: str, path: Path):
+    distinct = set(values.values())
+    if len(distinct) > 1:
+        raise ValueError(f"`source`: {str(path)!r} has per-layer {what}s ({sorted(distinct)[:4]}), which the diffusers "
+                         "metadata of one LoraConfig cannot hold; convert it with the tool that made it.")
+    return distinct.pop() if distinct else None
+
+
+def convert_lora_file(source: str | Path, fmt: str, out: str | Path, base=None) -> Path:
+    """Write the LoRA at `source` (diffusers' or PEFT's layout, as training writes it, or kohya's) to `out` in `fmt`:
+    "kohya" (one .safetensors with `lora_unet_...` / `lora_te_...` keys and per-layer `.alpha`, for A1111 / ComfyUI)
+    or "diffusers" (a folder with pytorch_lora_weights.safetensors and its LoraConfig metadata). `base`: a pipeline
+    whose UNet / text encoder the file must fit (checked first). Everything is checked before `out` is written."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from pipelines import LatentDiffusionPipeline
+    from pipelines.lora import is_kohya, to_kohya
+
+    if fmt not in FORMATS:
+        raise ValueError(f"`format`: {fmt!r} is not one of {', '.join(FORMATS)}.")
+    path = lora_file(source)
+    with safe_open(str(path), "pt") as handle:
+        raw = {key: handle.get_tensor(key) for key in handle.keys()}
+        header = handle.metadata() or {}
+    kohya = is_kohya(raw)
+    if kohya == (fmt == "kohya"):
+        raise ValueError(f"`source`: {str(path)!r} is already in {'kohya' if kohya else 'diffusers'}'s layout.")
+    try:  # diffusers' reader: kohya keys it cannot place are its ValueError ("have not been correctly renamed")
+        state_dict, alphas = LatentDiffusionPipeline.lora_state_dict(dict(raw))
+    except ValueError as error:
+        raise ValueError(f"`source`: {str(path)!r} is not a LoRA file diffusers can read "
+                         f"({' '.join(str(error).split())[:300]}).") from error  # fmt: skip
+    if base is not None:
+        check_lora_state_dict(state_dict, {"unet": base.unet, "text_encoder": base.text_encoder},
+                              f"`source`: {str(path)!r}")  # fmt: skip
+    out = Path(out).expanduser()
+    if fmt == "kohya":
+        metadata = json.loads(header.get("lora_adapter_metadata", "{}"))
+        for key in ("rank_pattern", "alpha_pattern"):
+            if any(metadata.get(f"{name}.{key}") for name in ("unet", "text_encoder")):
+                raise ValueError(f"`source`: {str(path)!r} has a per-layer {key}, which this export does not map.")
+        converted = to_kohya(state_dict, {name: metadata.get(f"{name}.lora_alpha") for name in ("unet", "text_encoder")})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file(converted, str(out), metadata={"ss_network_module": "networks.lora"})
+        return out
+    # kohya → diffusers: one α and rank per part, as LoraConfig metadata, so the file loads with its strength.
+    from pipelines.lora import layer_and_part, peft_layout
+
+    layers, metadata = {}, {}
+    for name in ("unet", "text_encoder"):
+        part = {k.removeprefix(f"{name}."): v for k, v in state_dict.items() if k.startswith(f"{name}.")}
+        if not part:
+            continue
+        peft_part = peft_layout(name, part)
+        ranks = {k: v.shape[0] for k, v in peft_part.items() if k.endswith("lora_A.weight")}
+        alpha = _uniform({k: v for k, v in (alphas or {}).items() if k.startswith(f"{name}.")}, "alpha", path)
+        rank = _uniform(ranks, "rank", path)
+        layers[f"{name}_lora_layers"] = part
+        metadata[f"{name}_lora_adapter_metadata"] = {
+            "r": rank, "lora_alpha": alpha if alpha is not None else rank,
+            # Full paths, exactly these layers; without kohya's `text_model.` (peft matches by suffix, so they fit
+            # transformers' nested CLIPTextModel and its flattened one alike).
+            "target_modules": sorted({layer_and_part(k)[0].removeprefix("text_model.") for k in peft_part}),
+        }  # fmt: skip
+    LatentDiffusionPipeline.save_lora_weights(out, **layers, **metadata)
+    return out / LORA_WEIGHTS
