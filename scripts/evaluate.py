@@ -3,6 +3,11 @@ read size, colour, shape and background back off the pixels (training/judges/sha
 
     python scripts/evaluate.py outputs/quickstart/model --output_dir outputs/quickstart
     python scripts/evaluate.py outputs/shapes --per_caption 4 --guidance 1,2,3,5,7 --scheduler ddim --steps 50
+    python scripts/evaluate.py outputs/quickstart/model --lora outputs/lora-orange --colors orange --output_dir e
+
+--colors judges the captions of other colours (e.g. orange, which the base grammar lacks: training/builtin/shapes.py);
+the reader then chooses among the base six and those, or among --palette. --lora loads LoRA weights on the model
+first, at strength --lora_scale.
 
 Writes into --output_dir (default: MODEL_FOLDER itself, next to training's samples.png and loss.png) eval.json,
 eval_accuracy.png (accuracy against guidance scale) and eval_grid_g<scale>.png per scale, and prints the accuracies.
@@ -53,6 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i, at every guidance scale")
     parser.add_argument("--batch_size", type=int, default=108, help="prompts per pipeline call")
     parser.add_argument("--output_dir", default=None, help="default: MODEL_FOLDER")
+    parser.add_argument("--colors", default=None, help="comma-separated caption colours (default: the base six)")
+    parser.add_argument("--palette", default=None, help="comma-separated colours the reader picks from (default: the "
+                        "base six and --colors)")
+    parser.add_argument("--lora", default=None, help="LoRA weights to load on the model first (folder or file)")
+    parser.add_argument("--lora_scale", type=float, default=None, help="the LoRA's strength (default 1)")
     args = parser.parse_args(argv)
 
     model = Path(args.model).expanduser()
@@ -65,6 +75,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              ("--seed", args.seed, 0), ("--batch_size", args.batch_size, 1)):  # fmt: skip
         if value < low:
             fail(f"{flag}: {value} must be >= {low}.")
+    from training.builtin.shapes import check_colors  # torch-free
+
+    for flag in ("colors", "palette"):
+        if getattr(args, flag) is not None:
+            try:
+                setattr(args, flag, check_colors([c.strip() for c in getattr(args, flag).split(",")], flag))
+            except ValueError as error:
+                fail(str(error).replace(f"`{flag}`", f"--{flag}"))
+    if args.lora_scale is not None and args.lora is None:
+        fail("--lora_scale needs --lora: it scales the LoRA weights that --lora loads.")
+    if args.lora is not None and not Path(args.lora).expanduser().exists():
+        fail(f"--lora: no such file or folder: {args.lora}")
     args.output_dir = Path(args.output_dir).expanduser() if args.output_dir else model
     if args.output_dir.exists() and not args.output_dir.is_dir():
         fail(f"--output_dir: {args.output_dir} exists and is not a folder.")
@@ -82,13 +104,24 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # noqa: BLE001 - any load failure is a bad MODEL_FOLDER argument to the user
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         fail(f"MODEL_FOLDER: could not load {args.model!r}: {first_line}")
+    if args.lora is not None:
+        lora = Path(args.lora).expanduser()
+        try:
+            pipe.load_lora_weights(str(lora.parent if lora.is_file() else lora),
+                                   **({"weight_name": lora.name} if lora.is_file() else {}))  # fmt: skip
+        except (ValueError, OSError, ImportError) as error:
+            fail(f"--lora: {' '.join(str(error).split()).replace('`pretrained_model_name_or_path_or_dict`: ', '')}")
+    call_kwargs = {"cross_attention_kwargs": {"scale": args.lora_scale}} if args.lora_scale is not None else None
     try:
         evaluation = run_evaluation(
-            pipe, args.guidance, args.per_caption, args.steps, args.scheduler, args.seed, args.batch_size, strict=True
+            pipe, args.guidance, args.per_caption, args.steps, args.scheduler, args.seed, args.batch_size, strict=True,
+            colors=args.colors, palette=args.palette, call_kwargs=call_kwargs,
         )
     except ValueError as error:  # raised before generating: a model whose resolution the reader cannot read
         fail(str(error))
-    written = write_report(evaluation, args.output_dir, model=str(args.model))
+    model_name = str(args.model) + (f" + LoRA {args.lora}" if args.lora else "") + (
+        f" at scale {args.lora_scale:g}" if args.lora_scale is not None else "")
+    written = write_report(evaluation, args.output_dir, model=model_name)
 
     metrics, reader = evaluation.metrics, evaluation.metrics["reader"]
     print(f"reader on {reader['num_images']} dataset images at {reader['resolution']} px: "
