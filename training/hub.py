@@ -380,8 +380,7 @@ def build_lora_card(folder: str | Path, config: TrainConfig, model_id: str | Non
     folder = Path(folder)
     base, _, _ = config.pretrained_source("unet")
     base = config.pretrained_model_name_or_path or base
-    base_index = _read_json(Path(base).expanduser() / "model_index.json") if base and looks_local(base) else None
-    base_is_sculpt = isinstance((base_index or {}).get("_class_name"), list) or not is_hub_id(base)
+    base_is_sculpt = _ships_its_code(base)
     inherited = base_license(base)
     license_id = config.model_license if config.model_license != "other" else (inherited or "other")
     license_note = (f"{license_id} (the base model's)" if inherited and license_id == inherited else
@@ -423,8 +422,20 @@ def build_lora_card(folder: str | Path, config: TrainConfig, model_id: str | Non
     return populate_model_card(card, tags=[*CARD_TAGS, "lora"])
 
 
-def looks_local(source: str) -> bool:
-    return Path(source).expanduser().exists()
+def _ships_its_code(base: str) -> bool:
+    """Whether the base's model_index.json names its pipeline as (file, class): a sculpt folder, loaded with
+    `trust_remote_code=True`. A Hub id whose index cannot be read is taken as one (the flag is harmless otherwise)."""
+    local = Path(base).expanduser()
+    if local.is_dir():
+        index = _read_json(local / "model_index.json") or {}
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            index = json.loads(Path(hf_hub_download(base, "model_index.json")).read_text())
+        except Exception:  # noqa: BLE001 - offline, gated, missing: unknown
+            return True
+    return isinstance(index.get("_class_name"), list)
 
 
 def _lora_limitations(config: TrainConfig, base: str) -> str:
