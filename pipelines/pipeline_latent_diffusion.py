@@ -211,6 +211,9 @@ class LatentDiffusionPipeline(
         `weight_name`, a Hub id or a state dict; diffusers', PEFT's or kohya's layout), after `check_lora_state_dict`
         has matched every tensor of the file to a layer of this UNet / text encoder. A file made for another model is
         one `ValueError` naming it, the layer and the shapes, and nothing is injected into the pipeline."""
+        if not USE_PEFT_BACKEND:  # diffusers' own message says only "PEFT backend is required"
+            raise ValueError("`load_lora_weights` needs the peft library, which is not installed: pip install peft "
+                             "(with sculpt: pip install -e '.[lora]').")
         argument = "`pretrained_model_name_or_path_or_dict`"
         if isinstance(pretrained_model_name_or_path_or_dict, dict):
             source = f"{argument} (a state dict)"
