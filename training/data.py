@@ -38,6 +38,7 @@ logger = get_logger(__name__)
 
 IMAGE_COLUMN, CAPTION_COLUMN = "image", "text"  # what `load_train_dataset` renames the chosen columns to
 CAPTION_COLUMN_CANDIDATES = ("text", "caption", "captions", "prompt")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _RESAMPLING = {name: getattr(Image.Resampling, name.upper()) for name in IMAGE_INTERPOLATION_MODES}
 
 
@@ -68,7 +69,12 @@ def load_train_dataset(config: TrainConfig) -> datasets.Dataset:
     Needs an accelerate state (`Accelerator()` or `PartialState()`) for its log messages.
     """
     dataset, source = _load_source(config)
-    image_column, caption_column = resolve_columns(dataset, config.image_column, config.caption_column)
+    if config.instance_prompt is not None:  # DreamBooth: one caption for every image; the data's own are ignored
+        dataset = dataset.remove_columns([c for c in dataset.column_names if c == CAPTION_COLUMN])
+        dataset = dataset.add_column(CAPTION_COLUMN, [config.instance_prompt] * len(dataset))
+    image_column, caption_column = resolve_columns(
+        dataset, config.image_column, CAPTION_COLUMN if config.instance_prompt is not None else config.caption_column
+    )
     if len(dataset) == 0:
         raise ValueError(f"The dataset from {source} is empty (0 rows).")
     if config.max_train_samples is not None and config.max_train_samples < len(dataset):
@@ -88,9 +94,11 @@ def load_train_dataset(config: TrainConfig) -> datasets.Dataset:
 
 def _load_source(config: TrainConfig) -> tuple[datasets.Dataset, str]:
     if config.dataset_name == "shapes":  # drawn once into cache_dir, then loaded by every rank and stage
+        colors = config.shapes_colors or None
         folder = shapes_dataset_dir(builtin_cache_dir(config), config.num_shapes_samples, config.resolution,
-                                    config.dataset_seed)  # fmt: skip
-        return datasets.load_from_disk(str(folder)), f"the built-in shapes dataset (seed {config.dataset_seed})"
+                                    config.dataset_seed, colors)  # fmt: skip
+        in_colors = f", colours {', '.join(colors)}" if colors else ""
+        return datasets.load_from_disk(str(folder)), f"the built-in shapes dataset (seed {config.dataset_seed}{in_colors})"
     if config.dataset_name in BUILTIN_DATASETS:  # built once into cache_dir as an imagefolder
         folder = builtin_dataset_dir(config)
         loaded = load_imagefolder(folder, config.cache_dir)
@@ -107,7 +115,7 @@ def _load_source(config: TrainConfig) -> tuple[datasets.Dataset, str]:
         loaded = datasets.load_dataset(name, config.dataset_config_name, cache_dir=config.cache_dir)
         return _train_split(loaded, f"`dataset_name`: {name!r}"), f"{name!r}"
     data_dir = Path(config.train_data_dir)
-    check_imagefolder(data_dir)
+    check_imagefolder(data_dir, captions=config.instance_prompt is None)
     loaded = load_imagefolder(data_dir, config.cache_dir)
     return _train_split(loaded, f"`train_data_dir`: {str(data_dir)!r}"), f"{str(data_dir)!r}"
 
@@ -140,11 +148,16 @@ def _train_split(loaded, what: str) -> datasets.Dataset:
     return loaded["train"]
 
 
-def check_imagefolder(data_dir: Path) -> None:
-    """A clear error for the common imagefolder mistakes, before `datasets` reports them less clearly."""
+def check_imagefolder(data_dir: Path, captions: bool = True) -> None:
+    """A clear error for the common imagefolder mistakes, before `datasets` reports them less clearly. Without
+    `captions` (an `instance_prompt` captions every image) a plain folder of images will do."""
     if not data_dir.is_dir():
         raise FileNotFoundError(f"`train_data_dir`: {str(data_dir)!r} is not a directory.")
     metadata_files = sorted(data_dir.rglob("metadata.jsonl"))
+    if not captions and not metadata_files:
+        if not any(p.suffix.lower() in _IMAGE_SUFFIXES for p in data_dir.rglob("*")):
+            raise ValueError(f"`train_data_dir`: {str(data_dir)!r} holds no images ({', '.join(_IMAGE_SUFFIXES)}).")
+        return
     if not metadata_files:
         raise FileNotFoundError(
             f"`train_data_dir`: {str(data_dir)!r} has no metadata.jsonl; it needs one line per image like "
@@ -474,9 +487,12 @@ def _collate_with_index(examples: list[dict]) -> dict:
 
 
 def build_train_dataloader(dataset, config, batch_size: int | None = None, shuffle: bool = True, augment: bool = True,
-                           num_processes: int = 1, multiple: int | None = None, pixels: bool = True):  # fmt: skip
+                           num_processes: int = 1, multiple: int | None = None, pixels: bool = True,
+                           prior_from: int | None = None):  # fmt: skip
     """(DataLoader, EpochSampler) over `dataset` with the config's transforms; batches carry `pixel_values`,
     `captions` and dataset `indices`. `augment=False` gives the deterministic view (center crop, no flip).
+    `prior_from`: DreamBooth's prior preservation, rows from this index on are class images, and every batch is
+    `batch_size` training images then `batch_size` class images (training/dreambooth.py).
 
     With aspect-ratio bucketing (`aspect_ratio_buckets` / `bucket_sizes`, training/buckets.py) every batch is one
     bucket's; `num_processes` (the launch's) makes each global step one bucket's, and `multiple` (VAE factor × UNet
@@ -490,12 +506,20 @@ def build_train_dataloader(dataset, config, batch_size: int | None = None, shuff
     if not augment:
         torch_dataset.center_crop, torch_dataset.random_flip = True, False
     torch_dataset = _WithIndex(torch_dataset)
-    if shuffle and len(torch_dataset) < batch_size:
+    if shuffle and prior_from is None and len(torch_dataset) < batch_size:
         raise ValueError(
             f"`train_batch_size`: {batch_size} is larger than the dataset ({len(torch_dataset)} examples); "
             f"lower it or add data."
         )
     sampler = EpochSampler(torch_dataset, config.seed, shuffle=shuffle)
+    if prior_from is not None and shuffle:
+        from .dreambooth import PriorBatchSampler
+
+        loader = torch.utils.data.DataLoader(
+            torch_dataset, batch_sampler=PriorBatchSampler(sampler, prior_from, batch_size),
+            collate_fn=_collate_with_index, num_workers=config.dataloader_num_workers,
+        )  # fmt: skip
+        return loader, sampler
     if sizes is None:
         loader = torch.utils.data.DataLoader(
             torch_dataset,

@@ -181,7 +181,8 @@ def resume(accelerator, config, resume_from: Path | None, ema, ema_folder: str, 
     state = ckpt.read_state(resume_from)
     accelerator.load_state(str(resume_from))
     if ema is not None:
-        loaded = EMAModel.from_pretrained(str(resume_from / ema_folder), model_cls=ema.model_cls)
+        # type(ema): an adapter EMA (training/lora.py) stores only the adapters, in its own format
+        loaded = type(ema).from_pretrained(str(resume_from / ema_folder), model_cls=ema.model_cls)
         ema.load_state_dict(loaded.state_dict())
         ema.to(accelerator.device)
     accelerator.print(f"Resumed from {resume_from} at step {state['global_step']}")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from training.config import TrainConfig
 from training.builtin.shapes import make_shapes_dataset
+from training.config import TrainConfig
 from training.data import all_captions, write_imagefolder
 
 MODEL_FOLDER, DATA_FOLDER = "model", "data"

@@ -154,9 +154,11 @@ def generate_per_scale(
     batch_size: int,
     scheduler: str | None = None,
     progress: bool = True,
+    **inputs: Any,
 ) -> tuple[dict[float, list[Image.Image]], str]:
     """Every prompt at each guidance scale with `generate`: ({scale: images in prompt order}, the scheduler's class
-    name). `scheduler` (a name of pipelines.schedulers) replaces the pipeline's for the run only."""
+    name). `scheduler` (a name of pipelines.schedulers) replaces the pipeline's for the run only; `inputs` go to every
+    pipeline call (e.g. `cross_attention_kwargs`)."""
     from pipelines.schedulers import make_scheduler
 
     own_scheduler = pipeline.scheduler
@@ -169,7 +171,7 @@ def generate_per_scale(
         scheduler_name = type(pipeline.scheduler).__name__
         for scale in guidance_scales:
             bar.bar.set_postfix(guidance=guidance_key(scale))
-            images[scale] = generate(pipeline, prompts, scale, num_inference_steps, seed, batch_size, bar)
+            images[scale] = generate(pipeline, prompts, scale, num_inference_steps, seed, batch_size, bar, **inputs)
     finally:
         bar.close()
         pipeline.scheduler = own_scheduler
