@@ -20,7 +20,7 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from pipelines.latents import encode_latents, normalize_latents, vae_scale_factor
@@ -352,7 +352,7 @@ def cache_latent_distributions(dataset, config, vae, accelerator, weight_dtype) 
         batch = loader.collate_fn([loader.dataset[i] for i in indices])
         posterior = vae.encode(batch["pixel_values"].to(vae.device, weight_dtype)).latent_dist
         mine += list(zip(batch["indices"], posterior.mean.float().cpu(), posterior.std.float().cpu()))
-    everything = accelerator.gather_object(mine) if accelerator.num_processes > 1 else mine
+    everything = gather_object(mine) if accelerator.num_processes > 1 else mine
     return {i: (mean, std) for i, mean, std in everything}
 
 
