@@ -88,6 +88,9 @@ def test_only_the_adapters_train_and_the_outputs_are_small(trained, base):
     # The saved file is the EMA of the adapters (ema_decay 0.9), not the raw weights the checkpoint holds.
     raw = load_file(checkpoint / "pytorch_lora_weights.safetensors")
     assert raw.keys() == weights.keys() and any(not torch.equal(raw[k], weights[k]) for k in raw)
+    # The adapter files have the mode of the run's other files (diffusers writes them 0600 through a temporary file).
+    mode = (trained / "README.md").stat().st_mode & 0o777
+    assert {(f / "pytorch_lora_weights.safetensors").stat().st_mode & 0o777 for f in (trained, checkpoint)} == {mode}
     card = (trained / "README.md").read_text()
     assert "load_lora_weights" in card and str(base) in card and "rank 4, α 8" in card and "- lora" in card
 

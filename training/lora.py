@@ -20,6 +20,8 @@ load_lora_weights` alike (pipelines/lora.py checks it fits), and converts to koh
 
 from __future__ import annotations
 
+import os
+
 import json
 import re
 from pathlib import Path
@@ -162,7 +164,16 @@ def save_adapters(folder: Path, unet, text_encoder, with_text_encoder: bool) -> 
         folder, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers.get("text_encoder"),
         safe_serialization=True, **metadata,
     )  # fmt: skip
-    return Path(folder) / LORA_WEIGHTS
+    return readable(Path(folder) / LORA_WEIGHTS)
+
+
+def readable(path: Path) -> Path:
+    """`path` with the mode of every other file a run writes (0666 less the umask): diffusers' `save_lora_weights`
+    writes through a private temporary file (0600), which a folder shared on a cluster or served would not show."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+    return path
 
 
 def load_adapters(folder: Path, unet, text_encoder, with_text_encoder: bool) -> None:
@@ -386,4 +397,4 @@ def convert_lora_file(source: str | Path, fmt: str, out: str | Path, base=None) 
             "target_modules": sorted({layer_and_part(k)[0].removeprefix("text_model.") for k in peft_part}),
         }  # fmt: skip
     LatentDiffusionPipeline.save_lora_weights(out, **layers, **metadata)
-    return out / LORA_WEIGHTS
+    return readable(out / LORA_WEIGHTS)
