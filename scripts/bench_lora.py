@@ -51,9 +51,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--full_lr", type=float, default=1e-4, help="full fine-tuning's learning rate")
     parser.add_argument("--per_caption", type=int, default=2, help="judged images per caption")
     parser.add_argument("--guidance", default="1,2,3,5", help="guidance scales of the judge")
+    parser.add_argument("--original_per_caption", type=int, default=None, help="the same for the 108 original captions "
+                        "(default: --per_caption); each model's forgetting is read on the same seeds")  # fmt: skip
+    parser.add_argument("--original_guidance", default=None, help="the same for the original captions (default: "
+                        "--guidance); e.g. 3, the base model's best, on a busy machine")  # fmt: skip
     parser.add_argument("--port", type=int, default=29561)
     parser.add_argument("overrides", nargs="*", help="more key=value settings for both runs")
     args = parser.parse_args(argv)
+    for flag in ("per_caption", "original_per_caption"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag}: {getattr(args, flag)} must be >= 1.")
     if not (Path(args.base) / "model_index.json").is_file():
         parser.error(f"--base: {args.base} has no model_index.json; train the quickstart model first.")
     return args
@@ -166,7 +173,9 @@ def judge(args, out: Path) -> dict[str, dict]:
             running = _reap(running)
         if not (folder / "eval.json").is_file():
             cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), job["model"], "--output_dir", str(folder),
-                   "--per_caption", str(args.per_caption), "--guidance", args.guidance,
+                   "--per_caption", str(args.per_caption if job.get("colors") else args.original_per_caption
+                                        or args.per_caption),
+                   "--guidance", args.guidance if job.get("colors") else args.original_guidance or args.guidance,
                    "--palette", "red,green,blue,yellow,purple,cyan,orange"]  # fmt: skip
             if job.get("colors"):
                 cmd += ["--colors", job["colors"]]

@@ -1,0 +1,31 @@
+"""scripts/bench_lora.py's arguments: each bad one is one line on stderr and exit code 2, before anything runs (the
+benchmark itself trains for minutes: docs/lora.md has its measured table and command)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+SCRIPT = str(ROOT / "scripts" / "bench_lora.py")
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--per_caption", "0"], "--per_caption: 0 must be >= 1"),
+    (["--original_per_caption", "0"], "--original_per_caption: 0 must be >= 1"),
+    (["--steps", "x"], "--steps: invalid int value"),
+])  # fmt: skip
+def test_bad_arguments_are_one_line_exit_2(tmp_path, extra, match):
+    (tmp_path / "model_index.json").write_text("{}")
+    result = subprocess.run([sys.executable, SCRIPT, "--base", str(tmp_path), "--out", str(tmp_path / "out"), *extra],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and match in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_base_without_a_pipeline_is_named(tmp_path):
+    result = subprocess.run([sys.executable, SCRIPT, "--base", str(tmp_path)], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "--base:" in result.stderr and "model_index.json" in result.stderr
