@@ -106,7 +106,7 @@ def check_resumable(checkpoint: Path, config, num_processes: int, resumable: fro
         logger.warning(f"{checkpoint} records no settings (written by an older sculpt); cannot check that it is from "
                        f"this config.", main_process_only=True)
     else:
-        differ = _differences(recorded, fingerprint(config, num_processes, resumable))
+        differ = differences(recorded, fingerprint(config, num_processes, resumable))
         if differ:
             details = "; ".join(f"{k}: {_short(there)} there, {_short(now)} now" for k, there, now in differ[:6])
             more = f" (and {len(differ) - 6} more)" if len(differ) > 6 else ""
@@ -142,7 +142,7 @@ def _model_key(name: str) -> str:
     return name.removeprefix("pytorch_").partition(".")[0]
 
 
-def _differences(recorded: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+def differences(recorded: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
     """(key, recorded value, current value) for each key both hold with different values; dicts entry by entry
     ("unet_config.layers_per_block"). A key only one side holds (a setting added or removed by a newer sculpt) is
     not compared."""
@@ -153,7 +153,7 @@ def _differences(recorded: dict, current: dict, prefix: str = "") -> list[tuple[
         there, now = recorded[key], current[key]
         if isinstance(there, dict) and isinstance(now, dict):
             entries = {**dict.fromkeys(there, None), **dict.fromkeys(now, None)}
-            found += _differences({k: there.get(k) for k in entries}, {k: now.get(k) for k in entries},
+            found += differences({k: there.get(k) for k in entries}, {k: now.get(k) for k in entries},
                                   f"{prefix}{key}.")  # fmt: skip
         else:
             found.append((prefix + key, there, now))

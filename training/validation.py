@@ -17,7 +17,7 @@ from pipelines import LatentDiffusionPipeline
 
 from . import checkpoint as ckpt
 from .reporting import save_image_grid
-from .run import log_images
+from .run import log_images, wait_for_main_process
 
 EVAL_HISTORY = "eval_history.json"
 
@@ -126,7 +126,7 @@ def validate(config, accelerator, models: Models, step: int) -> None:
             path = Path(config.output_dir) / "validation" / f"step-{step:06d}{size_suffix(size)}.png"
             grid = save_image_grid(at_size, path, captions=repeat_prompts(config))
             log_images(accelerator, f"validation{size_suffix(size)}", grid, step)
-    accelerator.wait_for_everyone()
+    wait_for_main_process(accelerator)
 
 
 def run_judge(config, accelerator, models: Models, step: int, history: list[dict]) -> None:
@@ -158,7 +158,7 @@ def run_judge(config, accelerator, models: Models, step: int, history: list[dict
         accelerator.print(f"step {step}: shapes judge, all four attributes right: {best:.1%} "
                           f"(guidance {metrics['best_guidance_scale']:g})")  # fmt: skip
         write_eval_history(history, Path(config.output_dir))
-    accelerator.wait_for_everyone()
+    wait_for_main_process(accelerator)
 
 
 def write_eval_history(history: list[dict], output_dir: Path) -> None:
