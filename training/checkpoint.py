@@ -129,7 +129,10 @@ def pickled_weights(checkpoint: Path, ema_folder: str = EMA_FOLDER) -> list[str]
     writes `model[_i].safetensors` by default) and the EMA's `diffusion_pytorch_model.bin` in `ema_folder`. The
     optimizer, LR-schedule and RNG states are pickles whatever the settings; accelerate reads them with torch's
     `weights_only` unpickler, which builds tensors and plain containers and runs no code."""
-    weights = [p.name for p in checkpoint.iterdir() if p.is_file() and p.name.startswith(("model", "pytorch_model"))]
+    # FSDP's full state dict (pytorch_model_fsdp[_i].bin) is read with `weights_only` too (accelerate's
+    # load_fsdp_model), like the optimizer's.
+    weights = [p.name for p in checkpoint.iterdir() if p.is_file() and p.name.startswith(("model", "pytorch_model"))
+               and not p.name.startswith("pytorch_model_fsdp")]  # fmt: skip
     found = []
     for model in sorted({_model_key(name) for name in weights}):  # accelerate's model, model_1, ...
         found += pickle_only(name for name in weights if _model_key(name) == model)

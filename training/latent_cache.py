@@ -490,3 +490,36 @@ def cached_loader(cache: LatentCache, dataset, config, accelerator, multiple: in
     loader, _ = build_train_dataloader(dataset, config, num_processes=accelerator.num_processes, multiple=multiple,
                                        samples=CachedSamples(cache))  # fmt: skip
     return loader
+
+
+def cache_for_config(config, rows_per_shard: int | None = None, verify: bool = False) -> LatentCache:
+    """scripts/cache_latents.py: the disk cache a training run of `config` reads, built (each process its share) or
+    checked. The frozen parts are built in train.py's order (tokenizer, seed, text encoder, VAE), on the same device
+    and in the same dtype, so that parts initialised from the seed hash the same; any difference would show as
+    another key, never as a stale cache."""
+    from accelerate.utils import set_seed
+
+    from . import run
+    from .data import all_captions
+    from .models import bucket_multiple, check_sources, freeze, load_text_encoder, load_tokenizer, load_vae
+    from .validation import training_dtype
+
+    accelerator = run.make_accelerator(config, Path(config.output_dir), script="scripts/cache_latents.py")
+    check_sources(config)
+    set_seed(config.seed)
+    dataset, _ = run.train_data(config, accelerator, multiple=bucket_multiple(config))
+    text = config.cache_text_embeddings and not config.train_text_encoder
+    tokenizer = load_tokenizer(config, captions=None if config.is_pretrained("tokenizer") else all_captions(dataset))
+    set_seed(config.seed)
+    text_encoder = freeze(load_text_encoder(config, tokenizer))
+    vae = freeze(load_vae(config))
+    weight_dtype = training_dtype(accelerator)
+    for module in [vae, text_encoder] if text else [vae]:
+        module.to(accelerator.device)
+        if weight_dtype != torch.float32:
+            module.to(dtype=weight_dtype)
+    cache = prepare_cache(config, dataset, vae, accelerator, weight_dtype, *((tokenizer, text_encoder) if text else
+                          (None, None)), multiple=bucket_multiple(config), rows_per_shard=rows_per_shard,
+                          verify=verify)  # fmt: skip
+    accelerator.end_training()
+    return cache

@@ -44,6 +44,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import sharded
 from .config import save_config
 from .data import build_train_dataloader, load_train_dataset, seeded_generator
 from .errors import NonFiniteLossError, UsageError
@@ -81,6 +82,7 @@ def make_accelerator(config, output_dir: Path, script: str = "scripts/train.py")
             f"Run: accelerate launch --multi_gpu --num_processes {config.num_processes} {script} ... (or set "
             f"num_processes={accelerator.num_processes}, which changes the effective batch)."
         )
+    sharded.enable_fsdp_on_cpu(accelerator, config, script)
     if accelerator.num_processes > 1:
         # A gloo group of its own, so its timeout is not `ddp_timeout` (a barrier's timeout is its group's), made now:
         # creating it is itself collective, which would wait `ddp_timeout` for a main process busy validating.
@@ -295,7 +297,7 @@ def guarded_step(accelerator, params, loss, optimizer, lr_scheduler, config) -> 
     micro-steps (no gradient sync yet) there is nothing to check: (True, None)."""
     finite, grad_norm = True, None
     if accelerator.sync_gradients:
-        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        grad_norm = sharded.full_norm(accelerator.clip_grad_norm_(params, config.max_grad_norm))
         finite = all_finite(accelerator, loss, grad_norm)
     if finite:
         optimizer.step()
@@ -358,7 +360,7 @@ def checkpoint_or_stop(accelerator, config, output_dir: Path, step: int, state: 
             output_dir,
             step,
             state,
-            ema=ema if accelerator.is_main_process else None,
+            ema=sharded.full_ema(accelerator, ema),  # on the main process; gathered from the shards under FSDP
             limit=config.checkpoints_total_limit,
             ema_folder=ema_folder,
         )

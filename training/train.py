@@ -24,7 +24,7 @@ from pipelines.latents import encode_latents, normalize_latents, vae_scale_facto
 from pipelines.pipeline_latent_diffusion import encode_text
 
 from . import checkpoint as ckpt
-from . import hub, run
+from . import hub, run, sharded
 from .config import TrainConfig, config_to_dict
 from .data import all_captions, build_train_dataloader
 from .latent_cache import cached_loader, prepare_cache
@@ -168,6 +168,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         )
     else:
         unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # FSDP's prepare makes them shards
     if accelerator.is_main_process and config.report_to != "none":
         accelerator.init_trackers(config.tracker_project_name, config=flat_hparams(config))
 
@@ -175,6 +176,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
 
     # 8. Resume: weights, optimizer, LR schedule and EMA from the checkpoint; data position by skipping batches.
     state = run.resume(accelerator, config, resume_from, ema, ckpt.EMA_FOLDER, output_dir)
+    sharded.shard_ema(accelerator, ema, unet)  # under FSDP the EMA is kept in shards like the UNet's weights
     data_record = dataset.record() if config.streaming else None  # a stream's shards: a resume needs the same ones
     if config.streaming:
         check_resume(state, dataset)
@@ -266,8 +268,9 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         #     without sculpt with DiffusionPipeline.from_pretrained(..., trust_remote_code=True)), samples, plots, the
         #     model card; then push it when asked, once the run is complete (a failed push loses nothing).
         accelerator.wait_for_everyone()
+        save_models = sharded.unsharded(accelerator, models)  # under FSDP gathered: the pipeline saves unsharded
         if accelerator.is_main_process:
-            pipeline = build_pipeline(accelerator, models, use_ema=True)
+            pipeline = build_pipeline(accelerator, save_models, use_ema=True)
             pipeline.save_pretrained(output_dir)
             ckpt.kill_point("save", global_step)
             images = generate(pipeline, config) if config.validation_prompts else []
