@@ -3,7 +3,21 @@ Models", arXiv 2112.10752, sampled with classifier-free guidance (Ho & Salimans 
 
 The algorithm is diffusers' `StableDiffusionPipeline`'s, step for step, so that for the same components, scheduler
 and generator both give the same images (tests/test_pipeline_latent_diffusion.py checks it); what we leave out is
-what a model trained by sculpt has no use for (safety checker, IP-Adapter, LoRA scaling, clip skip).
+what a model trained by sculpt has no use for (safety checker, IP-Adapter, textual inversion, clip skip).
+
+LoRA adapters come from diffusers' own `StableDiffusionLoraLoaderMixin`, so `load_lora_weights`, `set_adapters`,
+`fuse_lora` / `unfuse_lora`, `unload_lora_weights`, several adapters at once and the per-call scale
+`cross_attention_kwargs={"scale": s}` work as in `StableDiffusionPipeline`, on files in diffusers', PEFT's or kohya's
+layout; `load_lora_weights` first checks that the file fits this UNet and text encoder (pipelines/lora.py).
+`StableDiffusionMixin` adds FreeU (`enable_freeu`) and fused QKV projections; VAE slicing and tiling are the VAE's
+own switches (`pipe.vae.enable_slicing()`, `pipe.vae.enable_tiling()`), as in diffusers ≥ 0.40.
+
+The scheduler is used as configured. An SD 1.x folder whose scheduler config says `steps_offset: 0` (the old
+default) keeps it here, with a warning; `StableDiffusionPipeline` rewrites it to 1 when it is built (a FutureWarning
+says so, easily missed). With "leading" timestep spacing the two then sample timesteps one apart (980, 960, …, 0 here;
+981, 961, …, 1 there), so the same folder gives slightly different images in the two pipelines. To get diffusers'
+images, pass the rewritten scheduler: `pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config,
+steps_offset=1)`. Folders sculpt trains record `steps_offset: 1` (training/config.py), so they are the same in both.
 
 Stages of `__call__`:
     1. check inputs    every user error is a `ValueError` raised here, before any model runs
@@ -22,6 +36,7 @@ caller passes `use_safetensors=False`, and runs no code from the folder.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any, Callable
 
@@ -29,13 +44,15 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput, StableDiffusionMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import logging
+from diffusers.utils import USE_PEFT_BACKEND, logging, scale_lora_layers, unscale_lora_layers
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .latents import decode_latents, vae_scale_factor
+from .lora import check_lora_state_dict
 from .portable import PortableFolderMixin
 
 logger = logging.get_logger(__name__)
@@ -80,12 +97,32 @@ def encode_text(
     return text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
 
 
+@contextlib.contextmanager
+def lora_scaled(model: torch.nn.Module | None, scale: float | None):
+    """Inside the block, the LoRA layers of `model` act at `scale` times their strength: diffusers' `scale_lora_layers`
+    and `unscale_lora_layers`, which `StableDiffusionPipeline` puts around its text encoder for the per-call LoRA scale
+    (the UNet does the same itself with `cross_attention_kwargs["scale"]`)."""
+    if scale is None or model is None or not USE_PEFT_BACKEND:
+        yield
+        return
+    scale_lora_layers(model, scale)
+    try:
+        yield
+    finally:
+        unscale_lora_layers(model, scale)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
+class LatentDiffusionPipeline(
+    PortableFolderMixin, DiffusionPipeline, StableDiffusionMixin, StableDiffusionLoraLoaderMixin
+):
     """Text-to-image generation with a latent diffusion model.
+
+    LoRA adapters, FreeU and fused QKV projections work as in `StableDiffusionPipeline` (see the module docstring),
+    and so does the scheduler, but for one thing: a config with `steps_offset: 0` is kept, not rewritten to 1.
 
     Args:
         vae: the autoencoder; images live in its latent space, `2 ** (len(block_out_channels) - 1)` times smaller.
@@ -111,6 +148,14 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         self.vae_scale_factor = vae_scale_factor(vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        config = getattr(scheduler, "config", None)
+        if getattr(config, "steps_offset", 1) != 1 and getattr(config, "timestep_spacing", "leading") == "leading":
+            # Said, not silently fixed: the folder's scheduler is what its images were made with (module docstring).
+            logger.warning(
+                f"The scheduler's config has steps_offset={config.steps_offset}; it is kept. StableDiffusionPipeline "
+                "rewrites it to 1, so its images of this folder differ slightly; to match them set "
+                "`pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, steps_offset=1)`."
+            )
 
     # Read by the denoising loop at every step, so a diffusers `PipelineCallback` that sets `pipe._guidance_scale`
     # (e.g. `SDCFGCutoffCallback`) or `pipe._interrupt` takes effect mid-run, as in diffusers.
@@ -132,6 +177,10 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
         return self._num_timesteps
 
     @property
+    def cross_attention_kwargs(self) -> dict[str, Any] | None:
+        return getattr(self, "_cross_attention_kwargs", None)
+
+    @property
     def interrupt(self) -> bool:
         return self._interrupt
 
@@ -147,6 +196,41 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
         size = self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else size
         return height * self.vae_scale_factor, width * self.vae_scale_factor
+
+    # ------------------------------------------------------------------------------------------------------------
+    # LoRA
+    # ------------------------------------------------------------------------------------------------------------
+    def load_lora_weights(
+        self,
+        pretrained_model_name_or_path_or_dict: str | dict[str, torch.Tensor],
+        adapter_name: str | None = None,
+        hotswap: bool = False,
+        **kwargs,
+    ) -> None:
+        """diffusers' `StableDiffusionLoraLoaderMixin.load_lora_weights` (same arguments: a folder, a file with
+        `weight_name`, a Hub id or a state dict; diffusers', PEFT's or kohya's layout), after `check_lora_state_dict`
+        has matched every tensor of the file to a layer of this UNet / text encoder. A file made for another model is
+        one `ValueError` naming it, the layer and the shapes, and nothing is injected into the pipeline."""
+        if not USE_PEFT_BACKEND:  # diffusers' own message says only "PEFT backend is required"
+            raise ValueError("`load_lora_weights` needs the peft library, which is not installed: pip install peft "
+                             "(with sculpt: pip install -e '.[lora]').")
+        argument = "`pretrained_model_name_or_path_or_dict`"
+        if isinstance(pretrained_model_name_or_path_or_dict, dict):
+            source = f"{argument} (a state dict)"
+            lookup = dict(pretrained_model_name_or_path_or_dict)  # diffusers' kohya converter pops keys
+        else:
+            weight_name = kwargs.get("weight_name")
+            source = f"{argument}: {str(pretrained_model_name_or_path_or_dict)!r}" + (
+                f" (weight_name {weight_name!r})" if weight_name else "")
+            lookup = pretrained_model_name_or_path_or_dict
+        try:
+            state_dict, _ = self.lora_state_dict(lookup, **{k: v for k, v in kwargs.items() if k != "low_cpu_mem_usage"})
+        except ValueError as error:  # e.g. kohya keys diffusers cannot rename: "have not been correctly renamed"
+            reason = " ".join(str(error).split())
+            raise ValueError(f"{source}: not a LoRA file diffusers can read ({reason[:300]}).") from error
+        check_lora_state_dict(state_dict, {"unet": self.unet, "text_encoder": self.text_encoder}, source)
+        super().load_lora_weights(pretrained_model_name_or_path_or_dict, adapter_name=adapter_name, hotswap=hotswap,
+                                  **kwargs)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------------
     # Text
@@ -175,6 +259,7 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encode prompts into the UNet's cross-attention context; diffusers' argument order.
 
@@ -186,7 +271,20 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
             images of one prompt next to each other; `negative_prompt_embeds` is None without guidance unless given.
             Training can call it standalone: `pipe.encode_prompt(captions, do_classifier_free_guidance=False)[0]`
             (no `torch.no_grad` here, so a text encoder being fine-tuned gets gradients; `__call__` has one).
+            `lora_scale`: the text encoder's LoRA layers act at this strength (`cross_attention_kwargs["scale"]`).
         """
+        if lora_scale is not None:
+            self._lora_scale = lora_scale  # where diffusers' LoRA loader reads it (`self.lora_scale`)
+        with lora_scaled(self.text_encoder, lora_scale):
+            return self._encode_prompts(
+                prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt, prompt_embeds,
+                negative_prompt_embeds,
+            )  # fmt: skip
+
+    def _encode_prompts(
+        self, prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt, prompt_embeds,
+        negative_prompt_embeds,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         device = device or self._execution_device
         if prompt_embeds is None:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -243,6 +341,8 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
         callback_on_step_end: StepEndCallback | None,
         callback_on_step_end_tensor_inputs: list[str] | None,
         latents: torch.Tensor | None = None,
+        sigmas: list[float] | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
     ) -> None:
         """Raise `ValueError` for every bad argument, naming it, the value and what is accepted."""
         # Prompt: exactly one of the text and its embeddings.
@@ -290,10 +390,22 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
                 )
 
         # Sampling.
-        if timesteps is None and (not _is_int(num_inference_steps) or num_inference_steps < 1):
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("Pass either `timesteps` or `sigmas` (a custom schedule), not both; got both.")
+        if sigmas is not None:
+            if not (isinstance(sigmas, (list, tuple)) and sigmas and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in sigmas)):  # fmt: skip
+                raise ValueError(f"`sigmas`: {sigmas!r} must be a non-empty list of numbers.")
+            if "sigmas" not in inspect.signature(self.scheduler.set_timesteps).parameters:
+                raise ValueError(
+                    f"`sigmas`: {type(self.scheduler).__name__}.set_timesteps takes no custom sigmas; use a "
+                    f"scheduler that does (EulerDiscreteScheduler, DPMSolverMultistepScheduler) or pass `timesteps`."
+                )
+        if timesteps is None and sigmas is None and (not _is_int(num_inference_steps) or num_inference_steps < 1):
             raise ValueError(f"`num_inference_steps`: {num_inference_steps!r} must be an integer >= 1.")
         num_train_timesteps = getattr(self.scheduler.config, "num_train_timesteps", None)
-        if timesteps is None and num_train_timesteps is not None and num_inference_steps > num_train_timesteps:
+        if (timesteps is None and sigmas is None and num_train_timesteps is not None
+                and num_inference_steps > num_train_timesteps):  # fmt: skip
             raise ValueError(
                 f"`num_inference_steps`: {num_inference_steps} cannot be larger than `num_train_timesteps`: "
                 f"{num_train_timesteps}."
@@ -303,6 +415,11 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
                 f"`timesteps`: {type(self.scheduler).__name__}.set_timesteps takes no custom timesteps; "
                 f"pass `num_inference_steps` or use a scheduler that does (DDPM, DDIM, Euler, DPM-Solver)."
             )
+        if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
+            raise ValueError(f"`cross_attention_kwargs`: {cross_attention_kwargs!r} must be a dict, e.g. {{'scale': 0.5}}.")
+        scale = (cross_attention_kwargs or {}).get("scale", 1.0)
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+            raise ValueError(f"`cross_attention_kwargs`: its 'scale' {scale!r} must be a number (the LoRA strength).")
         if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
             raise ValueError(
                 f"`guidance_scale`: {guidance_scale!r} must be >= 0 (values <= 1 turn classifier-free guidance off)."
@@ -343,11 +460,15 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
     # Sampling stages
     # ------------------------------------------------------------------------------------------------------------
     def prepare_timesteps(
-        self, num_inference_steps: int, timesteps: list[int] | None, device: torch.device
+        self, num_inference_steps: int, timesteps: list[int] | None, device: torch.device,
+        sigmas: list[float] | None = None,
     ) -> torch.Tensor:
-        """Set the scheduler's reverse-chain timesteps; custom `timesteps` win over `num_inference_steps`."""
+        """Set the scheduler's reverse-chain timesteps; custom `timesteps` or `sigmas` (diffusers'
+        `retrieve_timesteps`) win over `num_inference_steps`."""
         if timesteps is not None:
             self.scheduler.set_timesteps(timesteps=timesteps, device=device)
+        elif sigmas is not None:
+            self.scheduler.set_timesteps(sigmas=sigmas, device=device)
         else:
             self.scheduler.set_timesteps(num_inference_steps, device=device)
         return self.scheduler.timesteps
@@ -440,7 +561,10 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
                 latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
 
                 # 2. Predict the noise (or v / x_0) for both halves at once.
-                noise_pred = self.unet(latent_model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+                noise_pred = self.unet(
+                    latent_model_input, t, encoder_hidden_states=prompt_embeds,
+                    cross_attention_kwargs=self.cross_attention_kwargs, return_dict=False,
+                )[0]  # fmt: skip
 
                 # 3. Classifier-free guidance, then the optional guidance rescale (arXiv 2305.08891 Sec. 3.4).
                 if do_cfg:
@@ -500,6 +624,7 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
         width: int | None = None,
         num_inference_steps: int = 50,
         timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
         guidance_scale: float = 7.5,
         guidance_rescale: float = 0.0,
         num_images_per_prompt: int = 1,
@@ -510,6 +635,7 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: StepEndCallback | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> ImagePipelineOutput | tuple:
@@ -521,6 +647,7 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
             height, width: in pixels, multiples of `vae_scale_factor`; default the UNet's training resolution.
             num_inference_steps: reverse-chain steps; ignored when `timesteps` is given.
             timesteps: explicit descending timesteps for schedulers whose `set_timesteps` takes them.
+            sigmas: explicit σ schedule for schedulers whose `set_timesteps` takes one (Euler, DPM-Solver).
             guidance_scale: s in ε(∅) + s (ε(c) - ε(∅)); guidance is off for s <= 1 (diffusers' convention).
             guidance_rescale: φ of arXiv 2305.08891 Sec. 3.4, in [0, 1]; 0.7 is the paper's choice.
             num_images_per_prompt: images per prompt; the output keeps the images of a prompt together.
@@ -530,6 +657,8 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
             prompt_embeds, negative_prompt_embeds: precomputed text encoder outputs (e.g. from `encode_prompt`).
             output_type: "pil", "np" (float in [0, 1], NHWC), "pt" (NCHW in [0, 1]) or "latent".
             return_dict: return an `ImagePipelineOutput` rather than the tuple `(images,)`.
+            cross_attention_kwargs: passed to the UNet's attention processors; its "scale" is the LoRA strength for
+                this call, in the UNet and the text encoder (0 turns loaded LoRAs off, 1 is their full strength).
             callback_on_step_end: `fn(pipe, step_index, timestep, callback_kwargs) -> dict` after every step; the
                 returned dict may replace "latents", "prompt_embeds", "negative_prompt_embeds".
             callback_on_step_end_tensor_inputs: the keys of `callback_kwargs`, from `_callback_tensor_inputs`;
@@ -546,22 +675,25 @@ class LatentDiffusionPipeline(PortableFolderMixin, DiffusionPipeline):
         self.check_inputs(
             prompt, height, width, num_inference_steps, timesteps, guidance_scale, guidance_rescale,
             negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt, generator, output_type,
-            callback_on_step_end, callback_on_step_end_tensor_inputs, latents=latents,
+            callback_on_step_end, callback_on_step_end_tensor_inputs, latents=latents, sigmas=sigmas,
+            cross_attention_kwargs=cross_attention_kwargs,
         )  # fmt: skip
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
+        self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
         batch_size = self.batch_size_of(prompt, prompt_embeds) * num_images_per_prompt
         device = self._execution_device
 
-        # 2. Encode the prompt and the unconditional input.
+        # 2. Encode the prompt and the unconditional input (the text encoder's LoRA at this call's scale).
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt, device, num_images_per_prompt, self.do_classifier_free_guidance, negative_prompt,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            lora_scale=(cross_attention_kwargs or {}).get("scale"),
         )  # fmt: skip
 
         # 3. Timesteps of the reverse chain.
-        timesteps = self.prepare_timesteps(num_inference_steps, timesteps, device)
+        timesteps = self.prepare_timesteps(num_inference_steps, timesteps, device, sigmas)
 
         # 4. z_T ~ N(0, I) (times the scheduler's initial sigma).
         latents = self.prepare_latents(

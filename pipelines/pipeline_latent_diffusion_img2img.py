@@ -11,6 +11,8 @@ Everything but stage 4 (image → noised latents) is the text-to-image pipeline'
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
@@ -149,6 +151,7 @@ class LatentDiffusionImg2ImgPipeline(LatentDiffusionPipeline):
         width: int | None = None,
         num_inference_steps: int = 50,
         timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
         guidance_scale: float = 7.5,
         guidance_rescale: float = 0.0,
         num_images_per_prompt: int = 1,
@@ -158,6 +161,7 @@ class LatentDiffusionImg2ImgPipeline(LatentDiffusionPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: StepEndCallback | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> ImagePipelineOutput | tuple:
@@ -181,12 +185,15 @@ class LatentDiffusionImg2ImgPipeline(LatentDiffusionPipeline):
         self.check_inputs(
             prompt, height, width, num_inference_steps, timesteps, guidance_scale, guidance_rescale,
             negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt, generator, output_type,
-            callback_on_step_end, callback_on_step_end_tensor_inputs,
+            callback_on_step_end, callback_on_step_end_tensor_inputs, sigmas=sigmas,
+            cross_attention_kwargs=cross_attention_kwargs,
         )  # fmt: skip
         num_prompts = self.batch_size_of(prompt, prompt_embeds)
-        self.check_image_inputs(images, strength, num_inference_steps, timesteps, num_prompts, num_images_per_prompt)
+        schedule = timesteps if timesteps is not None else sigmas
+        self.check_image_inputs(images, strength, num_inference_steps, schedule, num_prompts, num_images_per_prompt)
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
+        self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
         batch_size = num_prompts * num_images_per_prompt
         device = self._execution_device
@@ -195,12 +202,13 @@ class LatentDiffusionImg2ImgPipeline(LatentDiffusionPipeline):
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt, device, num_images_per_prompt, self.do_classifier_free_guidance, negative_prompt,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            lora_scale=(cross_attention_kwargs or {}).get("scale"),
         )  # fmt: skip
 
         # 3. Timesteps: the full schedule, then its last `strength` fraction.
-        num_inference_steps = len(timesteps) if timesteps is not None else num_inference_steps
+        num_inference_steps = len(schedule) if schedule is not None else num_inference_steps
         timesteps = self.get_timesteps(
-            self.prepare_timesteps(num_inference_steps, timesteps, device), num_inference_steps, strength
+            self.prepare_timesteps(num_inference_steps, timesteps, device, sigmas), num_inference_steps, strength
         )
 
         # 4. z_{t_0} ~ q(z_{t_0} | z_0) (DDPM Eq. 4) with z_0 the encoded image; posterior sample first, then ε.

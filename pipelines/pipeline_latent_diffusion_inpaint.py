@@ -17,6 +17,8 @@ components, a deterministic scheduler and one generator the images are the same.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -77,6 +79,7 @@ class LatentDiffusionInpaintPipeline(LatentDiffusionImg2ImgPipeline):
         width: int | None = None,
         num_inference_steps: int = 50,
         timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
         guidance_scale: float = 7.5,
         guidance_rescale: float = 0.0,
         num_images_per_prompt: int = 1,
@@ -86,6 +89,7 @@ class LatentDiffusionInpaintPipeline(LatentDiffusionImg2ImgPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: StepEndCallback | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> ImagePipelineOutput | tuple:
@@ -108,13 +112,16 @@ class LatentDiffusionInpaintPipeline(LatentDiffusionImg2ImgPipeline):
         self.check_inputs(
             prompt, height, width, num_inference_steps, timesteps, guidance_scale, guidance_rescale,
             negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt, generator, output_type,
-            callback_on_step_end, callback_on_step_end_tensor_inputs,
+            callback_on_step_end, callback_on_step_end_tensor_inputs, sigmas=sigmas,
+            cross_attention_kwargs=cross_attention_kwargs,
         )  # fmt: skip
         num_prompts = self.batch_size_of(prompt, prompt_embeds)
-        self.check_image_inputs(images, strength, num_inference_steps, timesteps, num_prompts, num_images_per_prompt)
+        schedule = timesteps if timesteps is not None else sigmas
+        self.check_image_inputs(images, strength, num_inference_steps, schedule, num_prompts, num_images_per_prompt)
         self.check_mask_inputs(images, mask_image)
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
+        self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
         batch_size = num_prompts * num_images_per_prompt
         device = self._execution_device
@@ -123,12 +130,13 @@ class LatentDiffusionInpaintPipeline(LatentDiffusionImg2ImgPipeline):
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt, device, num_images_per_prompt, self.do_classifier_free_guidance, negative_prompt,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            lora_scale=(cross_attention_kwargs or {}).get("scale"),
         )  # fmt: skip
 
         # 3. Timesteps: the last `strength` fraction of the schedule.
-        num_inference_steps = len(timesteps) if timesteps is not None else num_inference_steps
+        num_inference_steps = len(schedule) if schedule is not None else num_inference_steps
         timesteps = self.get_timesteps(
-            self.prepare_timesteps(num_inference_steps, timesteps, device), num_inference_steps, strength
+            self.prepare_timesteps(num_inference_steps, timesteps, device, sigmas), num_inference_steps, strength
         )
 
         # 4. z_0 of the image, the mask on the latent grid, and the start: pure noise at strength 1 (the known

@@ -96,15 +96,21 @@ def _collect(path: Path, parts: list[tuple[Path, str, ast.Module]], visiting: se
 
 def _top_level_names(text: str, tree: ast.Module) -> dict[str, str]:
     """Names a module binds at top level (functions, classes, assignments) and the source that binds them."""
+    lines = text.splitlines()
+
+    def source(node: ast.stmt) -> str:  # ast.get_source_segment, without rescanning the file for every node
+        last = lines[node.end_lineno - 1].encode("utf-8")[: node.end_col_offset].decode("utf-8")
+        return "\n".join([*lines[node.lineno - 1 : node.end_lineno - 1], last])[node.col_offset :]
+
     names = {}
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names[node.name] = ast.get_source_segment(text, node)
+            names[node.name] = source(node)
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for target in targets:
                 if isinstance(target, ast.Name):
-                    names[target.id] = ast.get_source_segment(text, node)
+                    names[target.id] = source(node)
     return names
 
 

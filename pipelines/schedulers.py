@@ -15,6 +15,8 @@ from typing import Any
 # Algorithm 2); the others are diffusers' few-step samplers.
 SCHEDULER_TABLE: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "ddpm": ("DDPM (sculpt's, Ho et al. 2020)", "pipelines.scheduling_ddpm", "DDPMScheduler", {}),
+    # The same chain with Ho et al.'s other variance, σ_t² = β_t instead of the posterior's β̃_t (Sec. 3.2).
+    "ddpm-large": ("DDPM, σ² = β", "pipelines.scheduling_ddpm", "DDPMScheduler", {"variance_type": "fixed_large"}),
     "ddim": ("DDIM", "diffusers", "DDIMScheduler", {}),
     "dpm": ("DPM-Solver++ 2M", "diffusers", "DPMSolverMultistepScheduler", {}),
     "dpm-karras": ("DPM-Solver++ 2M Karras", "diffusers", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),

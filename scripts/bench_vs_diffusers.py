@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     sampling = None
     if not args.skip_sampling:
         from training.bench.sampling import bench_sampling
-        from training.data import all_captions, make_shapes_dataset
+        from training.builtin.shapes import make_shapes_dataset
+        from training.data import all_captions
 
         captions = sorted(set(all_captions(make_shapes_dataset(num_samples, config.resolution, config.dataset_seed))))
         prompts = [captions[i * len(captions) // args.sample_batch] for i in range(args.sample_batch)]

@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.lora is not None:
         try:
             apply_lora(pipelines, args.lora, args.lora_scale)
-        except ValueError as error:  # the pipeline has no LoRA loader
-            fail(str(error).replace("`lora`", "--lora"))
+        except ValueError as error:  # no LoRA loader, or a file that does not fit the model (pipelines/lora.py)
+            fail(str(error).replace("`lora`", "--lora").replace("`pretrained_model_name_or_path_or_dict`", "--lora"))
         except Exception as error:  # noqa: BLE001 - unreadable or mismatched LoRA weights
             reason = str(error).splitlines()[0] if str(error) else str(type(error))
             fail(f"--lora: could not load {args.lora!r}: {reason}")

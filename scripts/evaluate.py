@@ -7,6 +7,12 @@
     emoji    colour accuracy on the emoji whose name holds one colour word, and nearest-reference retrieval (top-1 /
              top-5 among every caption's real image)
 
+    python scripts/evaluate.py outputs/quickstart/model --lora outputs/lora-orange --colors orange --output_dir e
+
+--colors judges the captions of other colours (e.g. orange, which the base grammar lacks: training/builtin/shapes.py);
+the reader then chooses among the base six and those, or among --palette. --lora loads LoRA weights on the model
+first, at strength --lora_scale.
+
     python scripts/evaluate.py outputs/quickstart/model --guidance 1,2,3,5 --steps 50 --per_caption 2
     python scripts/evaluate.py outputs/digits/model --per_class 20 --inpaint_per_class 10
     python scripts/evaluate.py outputs/emoji/model --num_captions 256 --guidance 1,3,5
@@ -68,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache_dir", default=None, help="emoji: where the dataset is built (default: the model's "
                         "training cache_dir)")  # fmt: skip
     parser.add_argument("--output_dir", default=None, help="default: MODEL_FOLDER")
+    parser.add_argument("--colors", default=None, help="comma-separated caption colours (default: the base six)")
+    parser.add_argument("--palette", default=None, help="comma-separated colours the reader picks from (default: the "
+                        "base six and --colors)")
+    parser.add_argument("--lora", default=None, help="LoRA weights to load on the model first (folder or file)")
+    parser.add_argument("--lora_scale", type=float, default=None, help="the LoRA's strength (default 1)")
     args = parser.parse_args(argv)
 
     model = Path(args.model).expanduser()
@@ -82,6 +93,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              ("--num_captions", args.num_captions, 1)):  # fmt: skip
         if value < low:
             fail(f"{flag}: {value} must be >= {low}.")
+    from training.builtin.shapes import check_colors  # torch-free
+
+    for flag in ("colors", "palette"):
+        if getattr(args, flag) is not None:
+            try:
+                setattr(args, flag, check_colors([c.strip() for c in getattr(args, flag).split(",")], flag))
+            except ValueError as error:
+                fail(str(error).replace(f"`{flag}`", f"--{flag}"))
+    if args.lora_scale is not None and args.lora is None:
+        fail("--lora_scale needs --lora: it scales the LoRA weights that --lora loads.")
+    if args.lora is not None and not Path(args.lora).expanduser().exists():
+        fail(f"--lora: no such file or folder: {args.lora}")
     args.output_dir = Path(args.output_dir).expanduser() if args.output_dir else model
     if args.output_dir.exists() and not args.output_dir.is_dir():
         fail(f"--output_dir: {args.output_dir} exists and is not a folder.")
@@ -93,6 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             fail(f"--dataset: MODEL_FOLDER {args.model} learned dataset_name {recorded!r} (its config.yaml), which no "
                  f"judge reads; pass --dataset {'|'.join(DATASETS)} to judge it as one of those.")
         args.dataset = recorded
+    if args.dataset != "shapes":
+        for flag in ("colors", "palette", "lora_scale"):
+            if getattr(args, flag) is not None:
+                fail(f"--{flag}: only the shapes judge takes it (this is the {args.dataset} judge).")
     return args
 
 
@@ -116,6 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # noqa: BLE001 - any load failure is a bad MODEL_FOLDER argument to the user
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         fail(f"MODEL_FOLDER: could not load {args.model!r}: {first_line}")
+    if args.lora is not None:
+        lora = Path(args.lora).expanduser()
+        try:
+            pipe.load_lora_weights(str(lora.parent if lora.is_file() else lora),
+                                   **({"weight_name": lora.name} if lora.is_file() else {}))  # fmt: skip
+        except (ValueError, OSError, ImportError) as error:
+            fail(f"--lora: {' '.join(str(error).split()).replace('`pretrained_model_name_or_path_or_dict`: ', '')}")
     try:
         written = {"shapes": judge_shapes, "digits": judge_digits, "emoji": judge_emoji}[args.dataset](pipe, args)
     except ValueError as error:  # raised before generating: e.g. a resolution the reader cannot read
@@ -127,10 +161,14 @@ def judge_shapes(pipe, args) -> list[Path]:
     from training.judges.report import guidance_key
     from training.judges.shapes import run_evaluation, write_report
 
+    call_kwargs = {"cross_attention_kwargs": {"scale": args.lora_scale}} if args.lora_scale is not None else None
     evaluation = run_evaluation(
-        pipe, args.guidance, args.per_caption, args.steps, args.scheduler, args.seed, args.batch_size, strict=True
+        pipe, args.guidance, args.per_caption, args.steps, args.scheduler, args.seed, args.batch_size, strict=True,
+        colors=args.colors, palette=args.palette, call_kwargs=call_kwargs,
     )
-    written = write_report(evaluation, args.output_dir, model=str(args.model))
+    model_name = str(args.model) + (f" + LoRA {args.lora}" if args.lora else "") + (
+        f" at scale {args.lora_scale:g}" if args.lora_scale is not None else "")
+    written = write_report(evaluation, args.output_dir, model=model_name)
     metrics, reader = evaluation.metrics, evaluation.metrics["reader"]
     print(f"reader on {reader['num_images']} dataset images at {reader['resolution']} px: "
           f"{reader['accuracy']['all']:.1%}")

@@ -91,6 +91,35 @@ def make_components(seed: int = 0, scheduler=None) -> dict:
     return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler}
 
 
+def make_lora_file(folder, seed: int = 1, rank: int = 4, alpha: float = 8, text_encoder: bool = False,
+                   metadata: bool = True):
+    """A LoRA for `make_components()`, written the way diffusers' LoRA scripts write one: peft adapters on the UNet (and
+    the text encoder's q/k/v/out_proj), `get_peft_model_state_dict`, `StableDiffusionPipeline.save_lora_weights` with
+    the adapters' LoraConfig as metadata (so α ≠ r loads right). Returns `folder` (pytorch_lora_weights.safetensors)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    parts = make_components()
+    torch.manual_seed(seed)
+    parts["unet"].add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=False,
+                                         target_modules=["to_q", "to_k", "to_v", "to_out.0"]))  # fmt: skip
+    kwargs = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(parts["unet"]))}
+    if metadata:
+        kwargs["unet_lora_adapter_metadata"] = parts["unet"].peft_config["default"].to_dict()
+    if text_encoder:  # peft's injection: transformers 5.24's add_adapter asks for peft >= 0.22
+        config = LoraConfig(r=2, lora_alpha=2, init_lora_weights=False,
+                            target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])  # fmt: skip
+        inject_adapter_in_model(config, parts["text_encoder"])
+        kwargs["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(
+            get_peft_model_state_dict(parts["text_encoder"]))
+        if metadata:
+            kwargs["text_encoder_lora_adapter_metadata"] = config.to_dict()
+    StableDiffusionPipeline.save_lora_weights(folder, **kwargs)
+    return folder
+
+
 # Preludes for `python -c PRELUDE script.py ...` subprocesses, shared by the CLI and sharing tests.
 # Runs the script as __main__ and then says on stdout whether torch was ever imported: an argument error found before
 # that has loaded no model and sampled nothing.

@@ -98,3 +98,41 @@ def test_load_builtin_shapes(tmp_path):
     assert len(subset) == 7
     assert subset["text"] == load_train_dataset(data_config(tmp_path, "num_shapes_samples=20",
                                                             "max_train_samples=7"))["text"]
+
+
+# ---- colours outside the base grammar (`colors`, for adapters to learn) ----------------------------------------------
+def _digest(dataset) -> str:
+    import hashlib
+
+    import numpy as np
+
+    pixels = b"".join(np.asarray(image).tobytes() for image in dataset["image"])
+    return hashlib.sha256(pixels + "".join(dataset["text"]).encode()).hexdigest()
+
+
+def test_without_the_option_the_dataset_is_byte_for_byte_the_one_before_it():
+    """The digest was recorded with main's shapes.py (14ad376), before `colors` existed: the base model's data stays
+    as it was. `colors=None` and the base six named explicitly are that dataset too."""
+    from training.builtin.shapes import COLORS
+
+    before = "b986560723c8ccc2262e750cd0961fd147840d1cb19c41f6266bef98ab139db2"
+    assert _digest(make_shapes_dataset(300, 32, 0)) == before
+    assert _digest(make_shapes_dataset(300, 32, 0, tuple(COLORS))) == before
+
+
+def test_new_colors_draw_every_shape_in_them_and_keep_the_rest_of_the_grammar():
+    import numpy as np
+
+    from training.builtin.shapes import ALL_COLORS
+
+    orange = make_shapes_dataset(60, 32, 0, ("orange",))
+    assert set(orange["color"]) == {"orange"}
+    assert set(orange["shape"]) == set(SHAPES) and set(orange["background"]) == set(BACKGROUNDS)
+    assert set(orange["text"]) <= {f"a {s} orange {h} on a {b} background" for s in SIZES for h in SHAPES
+                                   for b in BACKGROUNDS}  # fmt: skip
+    for image, background in zip(orange["image"], orange["background"]):
+        colours = {tuple(c) for c in np.asarray(image).reshape(-1, 3)}
+        assert colours <= {ALL_COLORS["orange"], BACKGROUNDS[background]} and len(colours) == 2
+    for bad in (("pink",), ("orange", "orange"), ()):
+        with pytest.raises(ValueError, match=r"^`colors`: .* must be distinct names from red, green, .*, orange"):
+            make_shapes_dataset(4, 32, 0, bad)

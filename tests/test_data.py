@@ -365,3 +365,47 @@ def test_mix_seed_is_cpythons_tuple_hash_written_out():
     assert mix_seed(0, 1, 2) != mix_seed(0, 2, 1) and mix_seed(1) != mix_seed(1, 0)
     with pytest.raises(ValueError, match=r"`keys`: -1 must be a non-negative integer"):
         mix_seed(0, -1)
+
+
+def test_imagefolder_by_its_files_equals_by_its_folder(tmp_path):
+    """load_imagefolder names the files (fast) and gives what `data_dir` gives; a folder with split subfolders keeps
+    its splits (loaded by data_dir)."""
+    import datasets
+
+    from training.data import load_imagefolder
+
+    folder = tmp_path / "images"
+    write_imagefolder(make_shapes_dataset(6, 16, seed=2), folder / "nested")
+    (folder / ".hidden.png").write_bytes(b"not an image")
+    fast = load_imagefolder(folder, str(tmp_path / "c1"))["train"]
+    slow = datasets.load_dataset("imagefolder", data_dir=str(folder), cache_dir=str(tmp_path / "c2"))["train"]
+    assert fast["text"] == slow["text"] and len(fast) == 6
+    assert [np.asarray(a).tobytes() for a in fast["image"]] == [np.asarray(b).tobytes() for b in slow["image"]]
+    split = tmp_path / "split"
+    write_imagefolder(make_shapes_dataset(3, 16, seed=0), split / "train")
+    write_imagefolder(make_shapes_dataset(2, 16, seed=1), split / "test")
+    loaded = load_imagefolder(split, str(tmp_path / "c3"))
+    assert {name: len(part) for name, part in loaded.items()} == {"train": 3, "test": 2}
+
+
+@pytest.mark.parametrize("center_crop", [True, False])
+def test_caption_only_samples_carry_the_full_samples_captions(tmp_path, center_crop):
+    """With cached latents the loader decodes no image (`pixels=False`); each sample's caption, and so every draw of
+    its generator after it, is the one the full sample has, for several captions per image too."""
+    import datasets
+
+    rows = make_shapes_dataset(8, 32, seed=0).to_dict()
+    rows["text"] = [[caption, caption.upper(), "third"] for caption in rows["text"]]
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_dict(rows, features=datasets.Features(
+        {"image": datasets.Image(), "text": datasets.Sequence(datasets.Value("string")),
+         **{k: datasets.Value("string") for k in ("size", "color", "shape", "background")}})).save_to_disk(str(folder))
+    dataset = load_train_dataset(data_config(tmp_path, f"dataset_name={folder}", "resolution=32",
+                                             f"center_crop={str(center_crop).lower()}", "random_flip=false"))
+    full = ImageCaptionDataset(dataset, 32, center_crop=center_crop, seed=3)
+    captions_only = ImageCaptionDataset(dataset, 32, center_crop=center_crop, seed=3, pixels=False)
+    for epoch in (0, 1):
+        full.set_epoch(epoch), captions_only.set_epoch(epoch)
+        for index in range(len(dataset)):
+            assert captions_only[index] == {"caption": full[index]["caption"]}
+    assert len({full[i]["caption"] for i in range(len(dataset))} - set(rows["text"][0])) > 0

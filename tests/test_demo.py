@@ -353,15 +353,20 @@ def test_stable_diffusion_folder_runs_with_diffusers_pipelines(tmp_path):
     assert "PNDMScheduler" in result.info
 
 
-def test_lora_is_applied_to_all_tasks(tmp_path):
-    """With a pipeline that has diffusers' LoRA loader (here StableDiffusionPipeline; sculpt's pipelines once they
-    gain it): the LoRA changes the images, and scale 0 gives the base model's."""
-    pytest.importorskip("peft", reason="diffusers' LoRA loader needs peft: pip install peft")
+@pytest.mark.parametrize("kind", ["sculpt", "stable_diffusion"])
+def test_lora_is_applied_to_all_tasks(tmp_path, kind):
+    """sculpt's pipelines have diffusers' LoRA loader, as StableDiffusionPipeline does: the LoRA changes the images,
+    and scale 0 gives the base model's."""
+    pytest.importorskip("peft", reason="diffusers' LoRA loader needs peft: pip install -e '.[lora]'")
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    folder = stable_diffusion_folder(tmp_path / "sd")
+    if kind == "sculpt":
+        folder = tmp_path / "model"
+        LatentDiffusionPipeline(**make_components()).save_pretrained(folder)
+    else:
+        folder = stable_diffusion_folder(tmp_path / "sd")
     unet = make_components()["unet"]
     torch.manual_seed(1)
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
@@ -380,16 +385,24 @@ def test_lora_is_applied_to_all_tasks(tmp_path):
     assert_same_images(images[0.0], images[None])
 
 
-def test_lora_on_a_pipeline_without_a_loader_is_one_line_exit_2(folder, tmp_path, capsys):
-    if hasattr(LatentDiffusionPipeline, "load_lora_weights"):
-        pytest.skip("LatentDiffusionPipeline has a LoRA loader now: test_lora_is_applied_to_all_tasks covers it")
-    (tmp_path / "lora").mkdir()
+def test_lora_for_another_model_is_one_line_exit_2(folder, tmp_path, capsys):
+    """A LoRA file that does not fit the model (here: another UNet's widths) is one line naming it, exit 2."""
+    pytest.importorskip("peft", reason="diffusers' LoRA loader needs peft: pip install -e '.[lora]'")
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel(sample_size=16, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                                cross_attention_dim=32, attention_head_dim=4, down_block_types=("DownBlock2D",
+                                "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))  # fmt: skip
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(unet))
     with pytest.raises(SystemExit) as exit_info:
         load_script().main([str(folder), "--lora", str(tmp_path / "lora")])
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err  # after the loading progress bars: one line
+    err = capsys.readouterr().err
     assert err.count("demo.py: error:") == 1 and "Traceback" not in err
-    assert err.splitlines()[-1].startswith("demo.py: error: --lora: LatentDiffusionPipeline has no `load_lora_weights`")
+    assert err.splitlines()[-1].startswith("demo.py: error: --lora: '") and "made for another model" in err
 
 
 # ---------------------------------------------------------------------------------------------------------------------

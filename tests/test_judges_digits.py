@@ -172,3 +172,26 @@ def test_a_non_square_pipeline_is_refused():
     components["unet"] = UNet2DConditionModel.from_config({**components["unet"].config, "sample_size": (16, 8)})
     with pytest.raises(ValueError, match="`pipeline`: makes 32x16 images; the digits judge reads square ones"):
         judge.evaluate_digits(LatentDiffusionPipeline(**components), progress=False)
+
+
+def test_the_progress_bar_counts_one_tick_per_denoising_step_of_each_call(components, monkeypatch):
+    """The judge's bar is sized to what it will count: one tick per step of each pipeline call (a call takes up to
+    batch_size prompts), generation and in-painting."""
+    from training.judges import report
+    from training.judges.digits import run_digits_evaluation
+
+    sizes = []
+    real = report.StepBar.__init__
+
+    def spy(self, pipelines, total, desc, progress):
+        sizes.append(total)
+        real(self, pipelines, total, desc, progress)
+
+    monkeypatch.setattr(report.StepBar, "__init__", spy)
+    from pipelines import LatentDiffusionPipeline
+
+    evaluation = run_digits_evaluation(LatentDiffusionPipeline(**components), [1.0], per_class=1,
+                                       num_inference_steps=1, batch_size=4, masks=["bottom_half"],
+                                       inpaint_per_class=1, progress=False)  # fmt: skip
+    # 10 prompts in calls of at most 4 = 3 calls; 10 in-paintings × 2 (with and without caption) = 2 × 3 calls
+    assert sizes == [1 * (3 + 2 * 3)] and len(evaluation.images[1.0]) == 10

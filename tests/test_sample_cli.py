@@ -167,11 +167,13 @@ def test_flags_change_the_image(flag_images):
         (["{model}", "--prompt", "x", "--out", "{text}/o.png"],
          "--out: cannot create the folder {text}: {text} is a file"),
         (["{model}", "--prompt", "x", "--out", "{tmp}/folder.png"], "--out: {tmp}/folder.png is a folder"),
+        (["{model}", "--prompt", "x", "--out", "o.png", "--lora_scale", "0.5"], "--lora_scale needs --lora"),
+        (["{model}", "--prompt", "x", "--out", "o.png", "--lora", "./no-lora"], "--lora: no such file or folder"),
     ],
     ids=["missing_model", "strength_range", "strength_without_image", "mask_without_image", "unknown_scheduler",
          "steps", "no_prompt", "missing_image", "image_not_an_image", "truncated_image", "mask_not_an_image",
          "mask_size", "out_txt", "out_no_extension", "out_format_cannot_write_rgb", "out_folder_cannot_be_created",
-         "out_parent_is_a_file", "out_is_a_folder"],  # fmt: skip
+         "out_parent_is_a_file", "out_is_a_folder", "lora_scale_without_lora", "lora_missing"],  # fmt: skip
 )
 def test_bad_arguments_print_one_line_and_exit_2(model_dir, inputs, tmp_path, args, message):
     """Checked before torch is imported (so before any model loads or any sampling), each in a fraction of a
@@ -200,3 +202,43 @@ def test_pipeline_argument_errors_exit_2_without_traceback(model_dir, capsys):
     assert exit_info.value.code == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line == "sample.py: error: `height`: 33 must be a positive multiple of the VAE scale factor 2."
+
+
+def test_lora_and_its_scale(model_dir, tmp_path):
+    """--lora loads a diffusers-format LoRA (as diffusers' scripts write it) on the model; --lora_scale 0 gives the
+    model's own images, and the images with the LoRA are those of the pipeline with it loaded."""
+    pytest.importorskip("peft", reason="diffusers' LoRA loader needs peft: pip install -e '.[lora]'")
+    from conftest import make_lora_file
+
+    lora = make_lora_file(tmp_path / "lora")
+    script = load_script()
+    for name, extra in (("base", []), ("lora", ["--lora", str(lora)]), ("off", ["--lora", str(lora), "--lora_scale",
+                        "0"]), ("file", ["--lora", str(lora / "pytorch_lora_weights.safetensors")])):  # fmt: skip
+        script.main([str(model_dir), "--prompt", "a small red circle on a white background", "--num_images", "1",
+                     "--steps", "3", "--guidance_scale", "2", "--out", str(tmp_path / f"{name}.png"), *extra])
+    pixels = {n: np.asarray(PIL.Image.open(tmp_path / f"{n}_0.png")) for n in ("base", "lora", "off", "file")}
+    assert np.array_equal(pixels["off"], pixels["base"]) and np.array_equal(pixels["file"], pixels["lora"])
+    assert not np.array_equal(pixels["lora"], pixels["base"])
+    pipe = LatentDiffusionPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(lora)
+    image = pipe("a small red circle on a white background", num_inference_steps=3, guidance_scale=2.0,
+                 generator=torch.Generator().manual_seed(0)).images[0]  # fmt: skip
+    assert np.array_equal(np.asarray(image), pixels["lora"])
+
+
+def test_a_lora_for_another_model_is_one_line_exit_2(model_dir, tmp_path, capsys):
+    pytest.importorskip("peft", reason="diffusers' LoRA loader needs peft: pip install -e '.[lora]'")
+    from conftest import make_lora_file
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(make_lora_file(tmp_path / "lora") / "pytorch_lora_weights.safetensors")
+    save_file({k: torch.zeros(v.shape[0], v.shape[1] * 2) if ".down." in k else v for k, v in state.items()},
+              tmp_path / "wide.safetensors")  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        load_script().main([str(model_dir), "--prompt", "x", "--out", str(tmp_path / "o.png"), "--steps", "1",
+                            "--lora", str(tmp_path / "wide.safetensors")])  # fmt: skip
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("sample.py: error: --lora: ") and "the file was made for another model" in last, last
+    assert not list(tmp_path.glob("o*.png"))

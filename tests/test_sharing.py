@@ -638,3 +638,35 @@ def test_pushed_model_loads_without_sculpt_and_generates_the_same_images(hub, pu
     for name in ("pipeline_latent_diffusion.py", "scheduler/scheduling_ddpm.py"):
         assert again[name] == (pushed_run / name).read_bytes()
     assert "trust_remote_code=True" in again["README.md"].decode()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A LoRA run: from an SD-format base, pushed as the adapter and its card, loaded back from the Hub
+# ---------------------------------------------------------------------------------------------------------------------
+def test_a_lora_run_on_an_sd_folder_pushes_the_adapter_and_its_card(tmp_path, hub_client):
+    pytest.importorskip("peft", reason="training_mode lora needs peft: pip install -e '.[lora]'")
+    sd = stable_diffusion_folder(tmp_path / "tiny-sd")
+    (sd / "README.md").write_text("---\nlicense: creativeml-openrail-m\n---\n# a tiny SD\n")
+    config = tiny_run(tmp_path / "run", f"pretrained_model_name_or_path={sd}", "training_mode=lora",
+                      "train_text_encoder=false", "validation_prompts=[a large red circle on a white background]",
+                      "instance_prompt=a sks shape", "max_train_steps=3")  # fmt: skip
+    main(config)
+    run = tmp_path / "run"
+    card = (run / "README.md").read_text()
+    assert "license: creativeml-openrail-m" in card and "creativeml-openrail-m (the base model's)" in card
+    assert "trigger words: `sks`" in card and f'DiffusionPipeline.from_pretrained("{sd}")' in card  # SD: no remote code
+    before = snapshot(run)
+    sharing.push_folder(run, "sculpt-org/tiny-lora", endpoint=hub_client.url)
+    assert snapshot(run) == before
+    files = hub_client.files("sculpt-org/tiny-lora")
+    assert files["pytorch_lora_weights.safetensors"] == (run / "pytorch_lora_weights.safetensors").read_bytes()
+    assert not [f for f in files if f.startswith(("checkpoint-", "logs/", "unet/"))]
+    assert 'pipe.load_lora_weights("sculpt-org/tiny-lora")' in files["README.md"].decode()
+    # Loaded by Hub id into diffusers' own pipeline and into sculpt's: the same images.
+    expected = StableDiffusionPipeline.from_pretrained(sd)
+    expected.load_lora_weights(run)
+    parts = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+    for pipe in (StableDiffusionPipeline.from_pretrained(sd), LatentDiffusionPipeline(
+            **{k: v for k, v in StableDiffusionPipeline.from_pretrained(sd).components.items() if k in parts})):
+        pipe.load_lora_weights("sculpt-org/tiny-lora", weight_name="pytorch_lora_weights.safetensors")
+        np.testing.assert_allclose(generate(pipe), generate(expected), atol=1e-6)

@@ -5,7 +5,6 @@ workers, every bad input, and real training runs on a stream (in-process; two pr
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -14,12 +13,10 @@ import sys
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import accelerate_launch, data_config, tiny
-from PIL import Image
 from safetensors.torch import load_file
 
 from training.builtin.shapes import make_shapes_dataset

@@ -47,6 +47,9 @@ BAD_IMAGE_POLICIES = ("stop", "skip")
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 BUILTIN_DATASETS = ("shapes", "emoji", "digits")  # training/builtin/
 LATENT_CACHES = ("memory", "disk")
+TRAINING_MODES = ("full", "lora")
+# The UNet's attention projections (self and cross): what diffusers' LoRA scripts adapt in a UNet2DConditionModel.
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 # Set by sculpt from the tokenizer or from top-level keys; giving them inside the dicts would conflict.
 _TOKENIZER_KEYS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
 _MIN_TOKENIZER_VOCAB = 2 * 256 + 2  # byte-level BPE: 256 bytes, each mid-word and word-final, plus BOS/EOS
@@ -166,6 +169,9 @@ class TrainConfig:
     max_train_samples: int | None = None  # train on a random subset of this size (quick experiments, debugging)
     dataset_seed: int = 0  # which data: the shapes generator and the max_train_samples subset; independent of `seed`
     num_shapes_samples: int = 10_000  # size of the built-in shapes dataset (216 captions, so ~46 images each)
+    # Colours of the built-in shapes (training/builtin/shapes.py): [] → the base grammar's six; e.g. [orange] draws
+    # every shape in a colour the base grammar lacks, the concept of docs/lora.md. Also what the judge's captions use.
+    shapes_colors: list[str] = field(default_factory=list)
     # The built-in emoji dataset (training/builtin/emoji.py, sculpt[emoji]): OpenMoji's artwork ("openmoji") and, where
     # Debian's fonts-noto-color-emoji is installed, Noto's ("noto"), named by Unicode's CLDR short names. Built once
     # at `resolution` into `cache_dir`.
@@ -224,7 +230,43 @@ class TrainConfig:
     # upper bound for the trained tokenizer (≥ 514: 2×256 byte symbols + BOS/EOS)
     tokenizer_vocab_size: int = _diffusion(1000)
     train_text_encoder: bool = _diffusion(False)  # train it with the UNet (needed when it is built from scratch)
+    # (with training_mode lora, `train_text_encoder_lora` instead: adapters on the frozen text encoder)
     scheduler_config: dict[str, Any] = _diffusion(factory=_default_scheduler_config)  # our DDPMScheduler kwargs
+
+    # ---- adapters: LoRA (Hu et al. 2021, arXiv 2106.09685) on a trained base model (training/lora.py) ------------
+    # "full" trains every UNet weight; "lora" freezes the base (`pretrained_model_name_or_path`: a sculpt pipeline
+    # folder, an SD-format folder or a Hub id) and trains ΔW = (α / r) B A on `lora_target_modules` only, the peft
+    # adapters of diffusers' LoRA scripts. Its output is pytorch_lora_weights.safetensors (diffusers' format) and a
+    # card; checkpoints hold the adapters and their optimizer state only. LoRA takes a higher learning rate than full
+    # fine-tuning of a large model: diffusers' LoRA scripts default to 1e-4 (this config's default), SD full
+    # fine-tuning uses ~1e-5; docs/lora.md measures both on the shapes model.
+    training_mode: str = _diffusion("full")
+    lora_rank: int = _diffusion(4)  # r: the adapter's rank; the file grows linearly with it (4–16 is typical)
+    lora_alpha: float | None = _diffusion(None)  # α, the adapter's scale is α / r; none → r (diffusers' scripts)
+    lora_dropout: float = _diffusion(0.0)  # dropout on the adapter's input, a regulariser for small datasets
+    # Which layers get adapters (peft's rule: a layer whose name is, or ends in ".", an entry). The default is the
+    # attention projections; add the ResNet convs with [to_q, to_k, to_v, to_out.0, conv1, conv2], or the
+    # transformer blocks' feed-forward with ff.net.0.proj, ff.net.2.
+    lora_target_modules: list[str] = _diffusion(factory=lambda: list(DEFAULT_LORA_TARGETS))
+    # Adapters on the text encoder's attention projections too (q/k/v/out_proj), trained with the UNet's.
+    train_text_encoder_lora: bool = _diffusion(False)
+    # For the card: the words that call the adapter up. [] → the rare token of `instance_prompt` (DreamBooth), if any.
+    trigger_words: list[str] = _run(factory=list)
+
+    # ---- DreamBooth (Ruiz et al. 2023, arXiv 2208.12242), full or LoRA -----------------------------------------
+    # Every training image gets this one caption, e.g. "a photo of sks dog" with a rare token; the data's own
+    # captions are ignored, and `train_data_dir` may then be a plain folder of images (no metadata.jsonl).
+    instance_prompt: str | None = _diffusion(None)
+    # Prior preservation: images of the class drawn by the base model before training (`class_prompts`, cycled,
+    # `num_class_images` of them in `class_data_dir`), one per training image in every batch, their loss weighted by
+    # `prior_loss_weight`, so the adapter learns the new thing without forgetting the rest of its class.
+    with_prior_preservation: bool = _diffusion(False)
+    class_prompts: list[str] = _diffusion(factory=list)  # e.g. [a photo of a dog]; DreamBooth's --class_prompt
+    class_data_dir: str | None = _diffusion(None)  # None → <output_dir>/class_images; images already there are kept
+    num_class_images: int = _diffusion(100)
+    prior_loss_weight: float = _diffusion(1.0)  # λ in L = L_instance + λ L_prior (DreamBooth Eq. 2)
+    class_guidance_scale: float = _diffusion(3.0)  # how the base model draws the class images
+    class_num_inference_steps: int = _diffusion(50)
 
     # ---- diffusion objective ---------------------------------------------------------------------------------------
     prediction_type: str = _diffusion("epsilon")  # ε (DDPM, arXiv 2006.11239), v (arXiv 2202.00512) or x_0 ("sample")
@@ -348,7 +390,7 @@ class TrainConfig:
         for key in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "num_inference_steps",
                     "num_validation_images", "max_consecutive_non_finite", "num_shapes_samples", "ddp_timeout",
                     "vae_max_train_steps", "vae_train_batch_size", "eval_per_caption", "eval_num_inference_steps",
-                    "shuffle_buffer_size", "main_process_timeout"):
+                    "shuffle_buffer_size", "main_process_timeout", "num_class_images", "class_num_inference_steps"):
             _check(getattr(self, key) >= 1, f"`{key}`: {getattr(self, key)} must be ≥ 1.")
         for key in ("checkpointing_steps", "checkpoints_total_limit", "validation_steps", "max_train_samples",
                     "num_processes", "eval_steps"):
@@ -383,6 +425,23 @@ class TrainConfig:
         _check_choice("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)
         _check_choice("report_to", self.report_to, REPORT_TO)
         _check_choice("latent_cache", self.latent_cache, LATENT_CACHES)
+        _check_choice("training_mode", self.training_mode, TRAINING_MODES)
+        _check(self.lora_rank >= 1, f"`lora_rank`: {self.lora_rank} must be ≥ 1 (the adapter's rank r).")
+        _check(self.lora_alpha is None or self.lora_alpha > 0,
+               f"`lora_alpha`: {self.lora_alpha} must be > 0, or none to use lora_rank.")
+        _check(0 <= self.lora_dropout < 1, f"`lora_dropout`: {self.lora_dropout} must be in [0, 1).")
+        _check(bool(self.lora_target_modules) and all(t.strip() for t in self.lora_target_modules)
+               and len(set(self.lora_target_modules)) == len(self.lora_target_modules),
+               f"`lora_target_modules`: {self.lora_target_modules} must be a non-empty list of distinct layer names "
+               f"(e.g. {list(DEFAULT_LORA_TARGETS)}).")
+        for key in ("prior_loss_weight", "class_guidance_scale"):
+            _check(getattr(self, key) >= 0, f"`{key}`: {getattr(self, key)} must be ≥ 0.")
+        _check(self.instance_prompt is None or bool(self.instance_prompt.strip()),
+               "`instance_prompt`: '' is empty; give the caption every training image gets, or none.")
+        if self.shapes_colors:
+            from .builtin.shapes import check_colors
+
+            check_colors(self.shapes_colors, "shapes_colors")
 
         # 3. Cross-field checks.
         sources = {k: getattr(self, k) for k in ("dataset_name", "train_data_dir") if getattr(self, k) is not None}
@@ -410,9 +469,11 @@ class TrainConfig:
         # learns nothing at the last step; v-prediction is what makes zero terminal SNR trainable.
         _check(not (self.zero_terminal_snr and self.prediction_type != "v_prediction"),
                f"`zero_terminal_snr`: true needs `prediction_type`: 'v_prediction', got {self.prediction_type!r}.")
-        _check(not (self.cache_text_embeddings and self.train_text_encoder),
-               "`cache_text_embeddings`: true cannot be combined with `train_text_encoder`: true (the embeddings "
-               "change as the encoder trains).")
+        for key in ("train_text_encoder", "train_text_encoder_lora"):
+            _check(not (self.cache_text_embeddings and getattr(self, key)),
+                   f"`cache_text_embeddings`: true cannot be combined with `{key}`: true (the embeddings change as "
+                   "the encoder trains).")
+        self._check_adapters()
         # The memory cache holds one (center-cropped, unflipped) view per image: random flips would silently stop.
         # The disk cache holds both flips and draws each sample's flip as the uncached path does.
         _check(not (self.cache_latents and self.random_flip and self.latent_cache == "memory"),
@@ -436,6 +497,9 @@ class TrainConfig:
             _check(self.max_train_samples is None,
                    f"`max_train_samples`: {self.max_train_samples} picks a random subset of a loaded dataset; with "
                    "`streaming`: true write fewer shards instead (scripts/make_shards.py), or streaming=false.")
+            _check(not self.with_prior_preservation,
+                   "`with_prior_preservation`: true pairs every batch with class images from a loaded dataset; with "
+                   "`streaming`: true use streaming=false.")
             _check(not (self.cache_latents and self.latent_cache == "memory"),
                    "`cache_latents`: true with `latent_cache`: 'memory' holds the whole dataset's latents in memory, "
                    "which `streaming`: true is for avoiding; set latent_cache=disk.")
@@ -484,6 +548,33 @@ class TrainConfig:
                 _check(unet["sample_size"] * factor == self.resolution,
                        f"`unet_config.sample_size`: {unet['sample_size']} must be `resolution` / VAE downsampling "
                        f"factor = {self.resolution} / {factor} = {self.resolution // factor}.")
+
+    def _check_adapters(self) -> None:
+        """The cross-field checks of `training_mode: lora` and DreamBooth's prior preservation."""
+        lora = self.training_mode == "lora"
+        _check(not (lora and self.train_text_encoder),
+               "`train_text_encoder`: true trains the whole text encoder, which contradicts `training_mode`: 'lora' "
+               "(a frozen base with adapters); set train_text_encoder_lora=true for adapters on the text encoder, "
+               "or training_mode=full.")
+        _check(not (self.train_text_encoder_lora and not lora),
+               "`train_text_encoder_lora`: true needs `training_mode`: 'lora'.")
+        if lora:
+            missing = [part for part in ("unet", "text_encoder", "tokenizer", "vae") if not self.is_pretrained(part)]
+            _check(not missing,
+                   f"`training_mode`: 'lora' adapts a trained model, but the {', '.join(missing)} would be built from "
+                   "scratch; set `pretrained_model_name_or_path` to the base model (a pipeline folder, an SD-format "
+                   "folder or a Hub id), or the pretrained_<part> keys.")
+        _check(not (self.with_prior_preservation and not self.class_prompts),
+               "`with_prior_preservation`: true needs `class_prompts` (what the base model draws for the class "
+               "images, e.g. [a photo of a dog]).")
+        _check(not (self.class_prompts and not self.with_prior_preservation),
+               f"`class_prompts`: {self.class_prompts} are used only with `with_prior_preservation`: true.")
+        _check(not (self.with_prior_preservation and not self.is_pretrained("unet")),
+               "`with_prior_preservation`: true needs a pretrained model to draw the class images; set "
+               "`pretrained_model_name_or_path`.")
+        _check(not (self.with_prior_preservation and (self.aspect_ratio_buckets or self.bucket_sizes)),
+               "`with_prior_preservation`: true pairs each training image with a class image in every batch, which "
+               "aspect-ratio bucketing (one size per batch) cannot do; turn one of them off.")
 
     @property
     def latent_multiple(self) -> int | None:

@@ -287,7 +287,8 @@ def build_model_card(
 def write_model_card(
     output_dir: str | Path, config: TrainConfig, images: list, num_processes: int | None = None
 ) -> Path:
-    """The final training save: one PNG per validation image under samples/ (the card's widget), then README.md."""
+    """The final training save: one PNG per validation image under samples/ (the card's widget), then README.md (a
+    LoRA's card with `training_mode: lora`)."""
     output_dir = Path(output_dir)
     for stale in (output_dir / SAMPLES_DIR).glob("*.png"):  # an earlier run's (overwrite_output_dir)
         stale.unlink()
@@ -297,8 +298,168 @@ def write_model_card(
             image.save(output_dir / SAMPLES_DIR / f"{index:03d}.png")
     model_id = config.hub_model_id if config.push_to_hub else None
     path = output_dir / "README.md"
-    build_model_card(output_dir, config, model_id, num_processes).save(path)
+    build = build_lora_card if config.training_mode == "lora" else build_model_card
+    build(output_dir, config, model_id, num_processes).save(path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A LoRA's card
+# ---------------------------------------------------------------------------------------------------------------------
+LORA_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+<!-- sculpt:model-card: written by sculpt from this folder's config.yaml, images and loss history. -->
+
+{{ description }}
+
+- base model: {{ base }}
+- licence: {{ license_note }}
+- trigger words: {{ triggers }}
+- adapter: {{ adapter }}
+
+## Use it
+
+<!-- sculpt:lora-usage -->
+```python
+{{ snippet }}
+```
+<!-- /sculpt:lora-usage -->
+
+`cross_attention_kwargs={"scale": s}` sets the LoRA's strength per call (0 is the base model); `pipe.fuse_lora(
+lora_scale=s)` bakes it in. The file is in diffusers' format and also loads in diffusers' `StableDiffusionPipeline`;
+for A1111 / ComfyUI convert it with sculpt's `python scripts/export_lora.py {{ file }} --format kohya --out lora.safetensors`.
+
+## Validation images
+
+{{ validation }}
+
+## Training
+
+{{ training }}
+
+## Limitations: what this adapter cannot do
+
+{{ limitations }}
+"""
+_LORA_USAGE = re.compile(r"(<!-- sculpt:lora-usage -->.*?load_lora_weights\()\"[^\"]*\"(.*?<!-- /sculpt:lora-usage -->)",
+                         re.DOTALL)
+
+
+def base_license(base: str | None) -> str | None:
+    """The `license:` of the base model's card (a local folder's README.md, or the Hub repo's, cached or fetched),
+    or None when it has none or cannot be read."""
+    if not base:
+        return None
+    from huggingface_hub import ModelCard
+
+    local = Path(base).expanduser()
+    try:
+        card = ModelCard.load(local / "README.md") if local.is_dir() else ModelCard.load(base)
+    except Exception:  # noqa: BLE001 - no card, no network: the licence is then unknown, which the card says
+        return None
+    return card.data.license
+
+
+def _lora_snippet(base: str, base_is_sculpt: bool, lora: str, prompt: str, steps: int, guidance: float, seed: int,
+                  ) -> str:  # fmt: skip
+    remote = ", trust_remote_code=True" if base_is_sculpt else ""
+    return (
+        "import torch\n"
+        "from diffusers import DiffusionPipeline\n\n"
+        f"pipe = DiffusionPipeline.from_pretrained({json.dumps(base)}{remote})\n"
+        f"pipe.load_lora_weights({json.dumps(lora)})\n"
+        f"image = pipe(\n    {json.dumps(prompt)},\n    num_inference_steps={steps},\n    guidance_scale={guidance},\n"
+        '    cross_attention_kwargs={"scale": 1.0},\n'
+        f"    generator=torch.Generator().manual_seed({seed}),\n).images[0]\n"
+        'image.save("sample.png")'
+    )
+
+
+def build_lora_card(folder: str | Path, config: TrainConfig, model_id: str | None = None,
+                    num_processes: int | None = None):  # fmt: skip
+    """The card of the LoRA adapter in `folder` (pytorch_lora_weights.safetensors) trained with `config`: the base
+    model it adapts, its licence (the base's, unless `model_license` says otherwise), the trigger words, a snippet
+    that loads the base and the adapter, the validation images and the training settings."""
+    from diffusers.utils.hub_utils import populate_model_card
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .lora import LORA_WEIGHTS, trigger_words
+
+    folder = Path(folder)
+    base, _, _ = config.pretrained_source("unet")
+    base = config.pretrained_model_name_or_path or base
+    base_is_sculpt = _ships_its_code(base)
+    inherited = base_license(base)
+    license_id = config.model_license if config.model_license != "other" else (inherited or "other")
+    license_note = (f"{license_id} (the base model's)" if inherited and license_id == inherited else
+                    f"{license_id}" + (f"; the base model's is {inherited}, whose terms also bind this adapter"
+                                       if inherited else "; the base model's card names none"))  # fmt: skip
+    triggers = trigger_words(config)
+    prompt = config.validation_prompts[0] if config.validation_prompts else (config.instance_prompt or "a prompt")
+    seed = config.validation_seed if config.validation_seed is not None else config.seed
+    weights = folder / LORA_WEIGHTS
+    size = weights.stat().st_size if weights.is_file() else 0
+    targets = ", ".join(config.lora_target_modules) + (" + the text encoder's q/k/v/out_proj"
+                                                        if config.train_text_encoder_lora else "")  # fmt: skip
+    prompts = [p for p in config.validation_prompts for _ in range(config.num_validation_images)]
+    samples = sorted((folder / SAMPLES_DIR).glob("*.png"))
+    widget = [{"text": p, "output": {"url": f"{SAMPLES_DIR}/{s.name}"}} for p, s in zip(prompts, samples)]
+    card_data = ModelCardData(
+        license=license_id, library_name="diffusers", pipeline_tag="text-to-image",
+        base_model=base if is_hub_id(base) else None, instance_prompt=config.instance_prompt,
+        widget=widget or None,
+    )  # fmt: skip
+    card = ModelCard.from_template(
+        card_data,
+        template_str=LORA_TEMPLATE,
+        title=model_id.split("/")[-1] if model_id else folder.resolve().name,
+        description=(f"A LoRA adapter (Hu et al. 2021, arXiv 2106.09685) for `{base}`, trained with sculpt: "
+                     "low-rank updates ΔW = (α / r) B A of the base's frozen layers, loaded on top of the base."),
+        base=f"`{base}`",
+        license_note=license_note,
+        triggers=", ".join(f"`{t}`" for t in triggers) if triggers else "none: it follows its training captions",
+        adapter=(f"rank {config.lora_rank}, α {config.lora_alpha if config.lora_alpha is not None else config.lora_rank:g}"
+                 f", on {targets}; `{LORA_WEIGHTS}`, {size / 1024:.1f} kB"),
+        snippet=_lora_snippet(base, base_is_sculpt, model_id or str(folder.resolve()), prompt,
+                              config.num_inference_steps, config.guidance_scale, seed),
+        file=LORA_WEIGHTS,
+        validation=_validation_section(config, folder),
+        training=_training_section(config, folder, num_processes),
+        limitations=_lora_limitations(config, base),
+    )  # fmt: skip
+    return populate_model_card(card, tags=[*CARD_TAGS, "lora"])
+
+
+def _ships_its_code(base: str) -> bool:
+    """Whether the base's model_index.json names its pipeline as (file, class): a sculpt folder, loaded with
+    `trust_remote_code=True`. A Hub id whose index cannot be read is taken as one (the flag is harmless otherwise)."""
+    local = Path(base).expanduser()
+    if local.is_dir():
+        index = _read_json(local / "model_index.json") or {}
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            index = json.loads(Path(hf_hub_download(base, "model_index.json")).read_text())
+        except Exception:  # noqa: BLE001 - offline, gated, missing: unknown
+            return True
+    return isinstance(index.get("_class_name"), list)
+
+
+def _lora_limitations(config: TrainConfig, base: str) -> str:
+    items = [f"It is an adapter, not a model: it needs its base, `{base}`, and does nothing on another one (loading "
+             "it into a model of other layer shapes is refused).",
+             "What the base cannot draw, it can only learn from its own training images; it was evaluated on "
+             "nothing but what its validation images show unless its folder holds an eval.json.",
+             f"It trained for {config.max_train_steps} steps."]
+    if config.with_prior_preservation:
+        items.append(f"Prior preservation kept {config.num_class_images} images of {config.class_prompts} in view.")
+    items.append("It has no safety checker and was not evaluated for bias or misuse.")
+    return "\n".join(f"- {item}" for item in items)
 
 
 def card_for_push(folder: Path, repo_id: str):
@@ -311,9 +472,12 @@ def card_for_push(folder: Path, repo_id: str):
     if readme.is_file():
         card = load_or_create_model_card(str(readme))
         card.text = _USAGE.sub(lambda m: f'{m[1]}"{repo_id}"{m[2]}', card.text)
+        card.text = _LORA_USAGE.sub(lambda m: f'{m[1]}"{repo_id}"{m[2]}', card.text)
         known = set(card.data.tags or [])
         return populate_model_card(card, tags=[t for t in CARD_TAGS if t not in known])
     config = load_config(folder / "config.yaml") if (folder / "config.yaml").is_file() else None
+    if config is not None and config.training_mode == "lora":
+        return build_lora_card(folder, config, repo_id)
     return build_model_card(folder, config, repo_id)
 
 
@@ -331,6 +495,11 @@ def pipeline_files(folder: str | Path) -> list[str]:
     if not folder.is_dir():
         raise FileNotFoundError(f"`folder`: {str(folder)!r} is not a directory.")
     index_path = folder / "model_index.json"
+    from .lora import LORA_WEIGHTS
+
+    if not index_path.is_file() and (folder / LORA_WEIGHTS).is_file():  # a LoRA run's folder: the adapter and its record
+        files = [LORA_WEIGHTS] + [name for name in RECORD_FILES if (folder / name).is_file()]
+        return files + [p.relative_to(folder).as_posix() for p in sorted((folder / SAMPLES_DIR).glob("*.png"))]
     if not index_path.is_file():
         raise ValueError(f"`folder`: {str(folder)!r} has no model_index.json, so it is not a pipeline folder; save one "
                          "with `pipe.save_pretrained(folder)` or train one with scripts/train.py.")

@@ -50,15 +50,26 @@ def diffusion_loss(
     timesteps: torch.Tensor,
     scheduler,
     snr_gamma: float | None = None,
+    is_prior: torch.Tensor | None = None,
+    prior_loss_weight: float = 1.0,
 ) -> torch.Tensor:
     """Mean squared error between prediction and target (L_simple, Eq. 14), optionally min-SNR-γ weighted per
-    sample. Computed in float32 whatever the autocast dtype, so bf16/fp16 runs don't lose the loss's precision."""
+    sample. Computed in float32 whatever the autocast dtype, so bf16/fp16 runs don't lose the loss's precision.
+
+    `is_prior` marks a batch's class images under DreamBooth's prior preservation (training/dreambooth.py): the loss
+    is then L_instance + λ · L_prior, each the mean over its own examples (Ruiz et al. 2023, arXiv 2208.12242,
+    Eq. 2, as diffusers' train_dreambooth.py), λ = `prior_loss_weight`."""
     per_element = F.mse_loss(model_pred.float(), target.float(), reduction="none")
-    if snr_gamma is None:
+    if snr_gamma is None and is_prior is None:
         return per_element.mean()
     per_sample = per_element.mean(dim=list(range(1, per_element.ndim)))
-    weights = min_snr_weights(compute_snr(scheduler, timesteps), snr_gamma, scheduler.config.prediction_type)
-    return (per_sample * weights).mean()
+    if snr_gamma is not None:
+        per_sample = per_sample * min_snr_weights(compute_snr(scheduler, timesteps), snr_gamma,
+                                                  scheduler.config.prediction_type)  # fmt: skip
+    if is_prior is None:
+        return per_sample.mean()
+    is_prior = is_prior.to(per_sample.device)
+    return per_sample[~is_prior].mean() + prior_loss_weight * per_sample[is_prior].mean()
 
 
 def vae_loss(

@@ -5,7 +5,9 @@ Reads top to bottom: accelerator → seed → data → models → optimizer → 
 user can get wrong (config, output_dir, checkpoint, pretrained sources, dataset) is checked before a model is built or
 a file written. How a run starts, resumes, steps, checkpoints and stops is training/run.py's, shared with the VAE stage
 (training/train_vae.py); validation images and the judge live in training/validation.py; latents in and out of the
-VAE are pipelines/latents.py's, the same code the pipelines sample with.
+VAE are pipelines/latents.py's, the same code the pipelines sample with. `training_mode: lora` trains adapters on a
+frozen base instead of the UNet itself: their setup, checkpoints and file are training/lora.py's, DreamBooth's class
+images training/dreambooth.py's; the loop is the same loop.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+import datasets
 import torch
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
@@ -24,7 +27,7 @@ from pipelines.latents import encode_latents, normalize_latents, vae_scale_facto
 from pipelines.pipeline_latent_diffusion import encode_text
 
 from . import checkpoint as ckpt
-from . import hub, run, sharded
+from . import dreambooth, hub, lora, run, sharded
 from .config import TrainConfig, config_to_dict
 from .data import all_captions, build_train_dataloader
 from .latent_cache import cached_loader, prepare_cache
@@ -76,6 +79,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     if not dry_run:
         run.check_output_dir(config, output_dir, "output_dir", SAVED_RUN_FILES)
     check_sources(config)
+    lora.check_lora_config(config)  # with training_mode lora: peft is there, the target modules exist
     if config.push_to_hub:  # token, Hub reachable, namespace writable: known now rather than after training
         hub.check_push(config.hub_model_id)
 
@@ -84,13 +88,22 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
 
     # 3. Data (first, because a tokenizer trained from scratch needs the captions), checked before anything is written:
     #    loaded (training/data.py), or with `streaming` its shards, read as the batches need them (streaming.py).
-    dataset, dataloader = run.train_data(config, accelerator, multiple=bucket_multiple(config))
+    #    With cached latents a step needs no pixels: the loader skips decoding and transforming every image.
+    dataset, dataloader = run.train_data(config, accelerator, multiple=bucket_multiple(config),
+                                         pixels=not config.cache_latents)  # fmt: skip
     if dry_run:
         accelerator.wait_for_everyone()
     else:  # every rank has checked its input before the main one writes anything
         run.start_output_dir(accelerator, config, output_dir, "config.yaml")
+    prior_from = None  # DreamBooth: the dataset's rows from here on are class images, paired into every batch
+    if config.with_prior_preservation and not dry_run:
+        class_images = dreambooth.class_images(config, accelerator).cast(dataset.features)
+        prior_from, dataset = len(dataset), datasets.concatenate_datasets([dataset, class_images])
+        dataloader, _ = build_train_dataloader(dataset, config, num_processes=accelerator.num_processes,
+                                               multiple=bucket_multiple(config), prior_from=prior_from)  # fmt: skip
 
-    # 4. Models: frozen VAE, text encoder (frozen unless `train_text_encoder`), trainable UNet, our scheduler.
+    # 4. Models: frozen VAE, text encoder (frozen unless `train_text_encoder`), trainable UNet (or, with LoRA, a
+    #    frozen UNet and text encoder with trainable adapters), our scheduler.
     with run.main_process_first(accelerator):
         # The main process trains the tokenizer (if needed) and saves it; the others load that exact one.
         tokenizer_dir = output_dir / "tokenizer"
@@ -98,7 +111,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
             tokenizer = load_tokenizer(dataclasses.replace(config, pretrained_tokenizer=str(tokenizer_dir)))
         else:
             tokenizer = load_tokenizer(config, captions=all_captions(dataset))
-            if accelerator.is_main_process and not dry_run:
+            if accelerator.is_main_process and not dry_run and not config.is_pretrained("tokenizer"):
                 tokenizer.save_pretrained(tokenizer_dir)
     set_seed(config.seed)  # tokenizer training must not shift model initialisation
     text_encoder = load_text_encoder(config, tokenizer)
@@ -108,6 +121,12 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     check_compatible(config, vae, text_encoder, unet)
     if not config.train_text_encoder:
         freeze(text_encoder)
+    adapters = config.training_mode == "lora"
+    if adapters:
+        lora.add_adapters(config, unet, text_encoder)  # freezes both bases first
+        unet.train()  # for lora_dropout; the base has no other train-only layers
+        if config.train_text_encoder_lora:
+            text_encoder.train()
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
@@ -115,26 +134,30 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
 
     # Frozen parts run in the mixed-precision dtype; trained parameters stay float32 (autocast handles compute).
     weight_dtype = training_dtype(accelerator)
-    frozen = [vae] if config.train_text_encoder else [vae, text_encoder]
+    frozen = ([vae] if config.train_text_encoder else [vae, text_encoder]) + ([unet] if adapters else [])
     for module in frozen:
         module.to(accelerator.device)
         if weight_dtype != torch.float32:
             module.to(dtype=weight_dtype)
+    if adapters:  # the frozen bases in the mixed-precision dtype, their adapters in float32
+        lora.cast_adapters([unet, text_encoder], torch.float32)
 
-    ema = run.make_ema(config, unet, accelerator.device)
+    ema = lora.make_adapter_ema(config, unet, accelerator.device) if adapters else run.make_ema(config, unet,
+                                                                                               accelerator.device)
 
     # 5. The caches of frozen-part outputs (the data loader was built with the data).
     if dry_run:
         parts = [("unet", unet), ("vae", vae), ("text_encoder", text_encoder)]
         sizes = {name: sum(p.numel() for p in module.parameters()) for name, module in parts}
+        trained = sum(p.numel() for _, module in parts for p in module.parameters() if p.requires_grad)
         accelerator.print(
             f"dry run: {len(dataset)} examples, {len(dataloader)} batches/epoch, parameters "
-            + ", ".join(f"{n} {v / 1e6:.2f}M" for n, v in sizes.items())
+            + ", ".join(f"{n} {v / 1e6:.2f}M" for n, v in sizes.items()) + f" ({trained:,} trained)"
             + f", tokenizer vocab {len(tokenizer)}; nothing was trained or written."
         )
         return output_dir
     latent_cache = text_cache = None
-    cache_text = config.cache_text_embeddings and not config.train_text_encoder
+    cache_text = config.cache_text_embeddings and not (config.train_text_encoder or config.train_text_encoder_lora)
     if config.cache_latents and config.latent_cache == "disk":  # training/latent_cache.py; batches come from it now
         text_parts = (tokenizer, text_encoder) if cache_text else (None, None)  # caption embeddings cached too
         disk_cache = prepare_cache(config, dataset, vae, accelerator, weight_dtype, *text_parts,
@@ -150,25 +173,21 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     learning_rate = config.learning_rate
     if config.scale_lr:
         learning_rate *= config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
-    params = list(unet.parameters()) + (list(text_encoder.parameters()) if config.train_text_encoder else [])
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay,
-        eps=config.adam_epsilon,
-        fused=torch.cuda.is_available() or None,
-    )
+    # The trained parameters: the whole UNet (and text encoder), or only the adapters of the frozen ones.
+    params = [p for module in (unet, text_encoder) for p in module.parameters() if p.requires_grad]
+    optimizer = run.make_optimizer(config, params, learning_rate)
     lr_scheduler = run.make_lr_scheduler(config, optimizer, accelerator.num_processes, config.max_train_steps)
 
     # 7. Prepare for (distributed) training.
-    if config.train_text_encoder:
+    if config.train_text_encoder or config.train_text_encoder_lora:
         unet, text_encoder, optimizer, dataloader, lr_scheduler = accelerator.prepare(
             unet, text_encoder, optimizer, dataloader, lr_scheduler
         )
     else:
         unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
     params = [p for group in optimizer.param_groups for p in group["params"]]  # FSDP's prepare makes them shards
+    if adapters:  # checkpoints hold the adapters (pytorch_lora_weights.safetensors), not the frozen UNet
+        lora.register_checkpoint_hooks(accelerator, unet, text_encoder, config.train_text_encoder_lora)
     if accelerator.is_main_process and config.report_to != "none":
         accelerator.init_trackers(config.tracker_project_name, config=flat_hparams(config))
 
@@ -220,7 +239,9 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
                 target = training_target(noise_scheduler, latents, noise, timesteps)
 
                 model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
-                loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, config.snr_gamma)
+                is_prior = dreambooth.prior_mask(batch["indices"], prior_from)  # None without prior preservation
+                loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, config.snr_gamma, is_prior,
+                                      config.prior_loss_weight)  # fmt: skip
 
                 accelerator.backward(loss)
                 ckpt.kill_point("step", global_step + 1, accelerator.process_index)
@@ -265,13 +286,17 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         progress.close()
 
         # 10. Save the EMA pipeline as a self-contained folder (loads with LatentDiffusionPipeline.from_pretrained, or
-        #     without sculpt with DiffusionPipeline.from_pretrained(..., trust_remote_code=True)), samples, plots, the
-        #     model card; then push it when asked, once the run is complete (a failed push loses nothing).
+        #     without sculpt with DiffusionPipeline.from_pretrained(..., trust_remote_code=True)), or with LoRA the
+        #     adapters alone (pytorch_lora_weights.safetensors, for `load_lora_weights` on the base); samples, plots,
+        #     the model card; then push it when asked, once the run is complete (a failed push loses nothing).
         accelerator.wait_for_everyone()
         save_models = sharded.unsharded(accelerator, models)  # under FSDP gathered: the pipeline saves unsharded
         if accelerator.is_main_process:
             pipeline = build_pipeline(accelerator, save_models, use_ema=True)
-            pipeline.save_pretrained(output_dir)
+            if adapters:
+                lora.save_adapters(output_dir, pipeline.unet, pipeline.text_encoder, config.train_text_encoder_lora)
+            else:
+                pipeline.save_pretrained(output_dir)
             ckpt.kill_point("save", global_step)
             images = generate(pipeline, config) if config.validation_prompts else []
             if images:
@@ -339,14 +364,18 @@ def batch_latents(batch, vae, cache, generators, weight_dtype) -> torch.Tensor:
 
 @torch.no_grad()
 def cache_latent_distributions(dataset, config, vae, accelerator, weight_dtype) -> dict[int, tuple[torch.Tensor, ...]]:
-    """Mean and std of q(z | x) for every example, computed once; each step still samples z afresh from them."""
+    """Mean and std of q(z | x) for every example, computed once; each step still samples z afresh from them. Each
+    process encodes every N-th batch and all of them receive the whole cache (the same numbers as one process
+    computing it alone: the batches are the same, only where they are computed differs)."""
     loader, _ = build_train_dataloader(dataset, config, shuffle=False, augment=False, multiple=bucket_multiple(config))
-    cache = {}
-    for batch in tqdm(loader, desc="cache latents", disable=not accelerator.is_local_main_process):
+    batches = list(loader.batch_sampler)[accelerator.process_index :: accelerator.num_processes]
+    mine = []
+    for indices in tqdm(batches, desc="cache latents", disable=not accelerator.is_local_main_process):
+        batch = loader.collate_fn([loader.dataset[i] for i in indices])
         posterior = vae.encode(batch["pixel_values"].to(vae.device, weight_dtype)).latent_dist
-        for i, mean, std in zip(batch["indices"], posterior.mean.float().cpu(), posterior.std.float().cpu()):
-            cache[i] = (mean, std)
-    return cache
+        mine += list(zip(batch["indices"], posterior.mean.float().cpu(), posterior.std.float().cpu()))
+    everything = accelerator.gather_object(mine) if accelerator.num_processes > 1 else mine
+    return {i: (mean, std) for i, mean, std in everything}
 
 
 @torch.no_grad()

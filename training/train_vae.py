@@ -84,10 +84,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
 
     # 3. Optimizer, schedule, prepare.
     model = _Autoencode(vae)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.vae_learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
-    )
+    optimizer = run.make_optimizer(config, model.parameters(), config.vae_learning_rate)
     lr_scheduler = run.make_lr_scheduler(config, optimizer, accelerator.num_processes, config.vae_max_train_steps)
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
 

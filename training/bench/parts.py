@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from training.builtin.shapes import make_shapes_dataset
 from training.config import TrainConfig
-from training.data import all_captions, make_shapes_dataset, write_imagefolder
+from training.data import all_captions, write_imagefolder
 
 MODEL_FOLDER, DATA_FOLDER = "model", "data"
 _PRETRAINED_KEYS = ("pretrained_model_name_or_path", "pretrained_unet", "pretrained_vae", "pretrained_text_encoder",

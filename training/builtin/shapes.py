@@ -4,9 +4,15 @@ caption's attributes back off the pixels).
 
 Caption grammar: "a {size} {color} {shape} on a {background} background", 2 sizes x 6 colours x 3 shapes x 3
 backgrounds = 108 captions.
+
+Behind an option, colours the base grammar does not have (`NEW_COLORS`: orange): `colors=("orange",)` draws every
+sample in them, to teach a trained model a concept it never saw (docs/lora.md). Without the option the dataset is
+the base grammar's, byte for byte the same as before the option existed.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -27,6 +33,11 @@ COLORS = {
     "cyan": (40, 200, 210),
 }
 SHAPES = ("circle", "square", "triangle")  # square axis-aligned; triangle isosceles, apex up
+# Outside the base grammar, for adapters to learn (training `shapes_colors`). Orange sits between red and yellow but
+# 103 and 91 RGB units from them (the base palette's closest pair, blue and purple, is 114 apart) and ≥ 177 from
+# every background, so the judge can tell it from its neighbours as it tells the base colours apart.
+NEW_COLORS = {"orange": (250, 130, 0)}
+ALL_COLORS = {**COLORS, **NEW_COLORS}
 BACKGROUNDS = {"white": (245, 245, 245), "black": (20, 20, 20), "gray": (128, 128, 128)}
 MIN_SHAPES_RESOLUTION = 8  # below this a small shape is a pixel or two and its kind can't be told
 
@@ -37,17 +48,33 @@ def _extent_range(size: str, resolution: int) -> tuple[int, int]:
     return int(np.ceil(low * resolution)), int(np.floor(high * resolution))
 
 
-def make_shapes_sample(index: int, resolution: int, seed: int) -> tuple[Image.Image, dict[str, str]]:
+def check_colors(colors, key: str = "colors") -> tuple[str, ...]:
+    """The colour names `colors` as a tuple, each one of ALL_COLORS, without repeats; None → the base six."""
+    if colors is None:
+        return tuple(COLORS)
+    colors = tuple(colors)
+    unknown = [c for c in colors if c not in ALL_COLORS]
+    if not colors or unknown or len(set(colors)) != len(colors):
+        raise ValueError(f"`{key}`: {list(colors)!r} must be distinct names from {', '.join(ALL_COLORS)} (the base "
+                         f"six and {', '.join(NEW_COLORS)}).")
+    return colors
+
+
+def make_shapes_sample(
+    index: int, resolution: int, seed: int, colors: tuple[str, ...] | None = None
+) -> tuple[Image.Image, dict[str, str]]:
     """Sample `index` of the shapes dataset: (RGB image, {"text", "size", "color", "shape", "background"}).
 
     Each sample has its own generator seeded from (seed, index), so any sample can be made alone and a larger dataset
     starts with the smaller one. Attributes, extent and position are uniform over their ranges. The fill is exact,
     without antialiasing: every pixel is either the background colour or the shape colour, which keeps the palette
     exact for reading attributes back (the models blur edges anyway; 4× supersampling would add mixed-colour pixels).
+    `colors`: the colours to draw from (names of ALL_COLORS; None → the base six, the dataset as it always was).
     """
+    names = check_colors(colors)
     rng = np.random.default_rng([seed, index])
     size = SIZES[rng.integers(len(SIZES))]
-    color = list(COLORS)[rng.integers(len(COLORS))]
+    color = names[rng.integers(len(names))]
     shape = SHAPES[rng.integers(len(SHAPES))]
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     low, high = _extent_range(size, resolution)
@@ -58,27 +85,34 @@ def make_shapes_sample(index: int, resolution: int, seed: int) -> tuple[Image.Im
     draw = ImageDraw.Draw(image)
     right, bottom = x + extent - 1, y + extent - 1  # PIL boxes are inclusive: these give exactly `extent` pixels
     if shape == "circle":
-        draw.ellipse((x, y, right, bottom), fill=COLORS[color])
+        draw.ellipse((x, y, right, bottom), fill=ALL_COLORS[color])
     elif shape == "square":
-        draw.rectangle((x, y, right, bottom), fill=COLORS[color])
+        draw.rectangle((x, y, right, bottom), fill=ALL_COLORS[color])
     else:
-        draw.polygon([(x, bottom), (right, bottom), (x + (extent - 1) / 2, y)], fill=COLORS[color])
+        draw.polygon([(x, bottom), (right, bottom), (x + (extent - 1) / 2, y)], fill=ALL_COLORS[color])
     attributes = {"size": size, "color": color, "shape": shape, "background": background}
     return image, {"text": CAPTION_TEMPLATE.format(**attributes), **attributes}
 
 
-def make_shapes_dataset(num_samples: int, resolution: int, seed: int) -> datasets.Dataset:
-    """The built-in dataset: columns `image` (datasets.Image, PNG), `text` and `size`/`color`/`shape`/`background`.
-    Deterministic: the same arguments give identical pixels."""
+def _check_arguments(num_samples: int, resolution: int, seed: int, colors=None) -> tuple[str, ...]:
     if num_samples < 1:
         raise ValueError(f"`num_samples`: {num_samples} must be ≥ 1.")
     if resolution < MIN_SHAPES_RESOLUTION:
         raise ValueError(f"`resolution`: {resolution} must be ≥ {MIN_SHAPES_RESOLUTION} for the shapes dataset.")
     if seed < 0:
         raise ValueError(f"`seed`: {seed} must be ≥ 0.")
+    return check_colors(colors)
+
+
+def make_shapes_dataset(
+    num_samples: int, resolution: int, seed: int, colors: tuple[str, ...] | None = None
+) -> datasets.Dataset:
+    """The built-in dataset: columns `image` (datasets.Image, PNG), `text` and `size`/`color`/`shape`/`background`.
+    Deterministic: the same arguments give identical pixels. `colors`: as for `make_shapes_sample`."""
+    colors = _check_arguments(num_samples, resolution, seed, colors)
     columns: dict[str, list] = {"image": [], "text": [], "size": [], "color": [], "shape": [], "background": []}
     for index in range(num_samples):
-        image, attributes = make_shapes_sample(index, resolution, seed)
+        image, attributes = make_shapes_sample(index, resolution, seed, colors)
         columns["image"].append(image)
         for key, value in attributes.items():
             columns[key].append(value)
@@ -86,3 +120,25 @@ def make_shapes_dataset(num_samples: int, resolution: int, seed: int) -> dataset
         {"image": datasets.Image(), **{key: datasets.Value("string") for key in columns if key != "image"}}
     )
     return datasets.Dataset.from_dict(columns, features=features)
+
+
+def shapes_dataset_dir(
+    cache_dir: str | Path, num_samples: int, resolution: int, seed: int, colors: tuple[str, ...] | None = None
+) -> Path:
+    """`make_shapes_dataset(num_samples, resolution, seed, colors)` saved once (`datasets.save_to_disk`) into
+    `cache_dir`, and found there on later calls: the ranks of a run and both of its stages load the same Arrow files instead of
+    each drawing and PNG-encoding thousands of images again."""
+    from .cache import BUILD_RECORD, build_record_json, cached_build
+
+    checked = _check_arguments(num_samples, resolution, seed, colors)  # before anything is written
+    colors = None if colors is None else checked
+    record = {"dataset": "shapes", "format_version": 1, "num_samples": num_samples, "resolution": resolution,
+              "seed": seed}  # fmt: skip
+    if colors is not None:  # the base grammar's record (and so its cached folder) stays what it always was
+        record["colors"] = list(colors)
+
+    def build(folder: Path) -> None:
+        make_shapes_dataset(num_samples, resolution, seed, colors).save_to_disk(str(folder / "data"))
+        (folder / BUILD_RECORD).write_text(build_record_json(record), encoding="utf-8")
+
+    return cached_build(cache_dir, f"shapes-{resolution}px", record, build) / "data"

@@ -50,6 +50,7 @@ from .report import (
     generate,
     guidance_key,
     marked,
+    num_batches,
     plot_accuracy,
     square_resolution,
     vae_round_trip,
@@ -242,7 +243,9 @@ def run_digits_evaluation(
     prompts = [digit_caption(int(label)) for label in expected]
     inpaint_images, inpaint_labels = held_out_digits(resolution, inpaint_per_class) if inpaint_per_class else ([], np.zeros(0, int))
     inpainter = LatentDiffusionInpaintPipeline(**pipeline.components)
-    num_steps = num_inference_steps * (len(scales) * len(prompts) + 2 * len(masks) * len(inpaint_images))
+    # One tick per denoising step of a pipeline call, which takes up to `batch_size` prompts.
+    num_steps = num_inference_steps * (len(scales) * num_batches(len(prompts), batch_size)
+                                       + 2 * len(masks) * num_batches(len(inpaint_images), batch_size))
     bar = StepBar([pipeline, inpainter], num_steps, "judging digits", progress)
     evaluation = DigitsEvaluation(metrics={}, expected=expected, inpaint_labels=inpaint_labels)
     generation, inpainting = {}, {}

@@ -47,6 +47,7 @@ from .report import (
     generate,
     guidance_key,
     marked,
+    num_batches,
     plot_accuracy,
     square_resolution,
     vae_round_trip,
@@ -383,7 +384,8 @@ def run_emoji_evaluation(
 
     # 3. Generate each caption at each scale; image i of `rows` uses the generator seeded seed + i at every scale.
     prompts = [references.rows[i]["text"] for i in rows]
-    bar = StepBar([pipeline], num_inference_steps * len(scales) * len(prompts), "judging emoji", progress)
+    num_steps = num_inference_steps * len(scales) * num_batches(len(prompts), batch_size)  # a tick per call's step
+    bar = StepBar([pipeline], num_steps, "judging emoji", progress)
     evaluation = EmojiEvaluation(metrics={}, rows=rows, color_rows=color_rows, retrieval_rows=retrieval_rows)
     scores = {}
     try:

@@ -87,6 +87,12 @@ def _generators(seeds: Sequence[int]):
     return [torch.Generator().manual_seed(int(seed)) for seed in seeds]
 
 
+def num_batches(num_prompts: int, batch_size: int) -> int:
+    """How many pipeline calls `generate` makes for `num_prompts` prompts: near-equal batches of at most
+    `batch_size`."""
+    return math.ceil(num_prompts / batch_size) if num_prompts else 0
+
+
 def generate(
     pipeline, prompts: Sequence[str], guidance_scale: float, num_inference_steps: int, seed: int, batch_size: int,
     bar: StepBar, **inputs: Any,
@@ -96,7 +102,7 @@ def generate(
     with and without a caption) are compared on the same noise. `inputs` go to every call (`image`, `mask_image`:
     one for all prompts, or a list with one per prompt)."""
     size = pipeline.default_height_width()
-    batches = np.array_split(np.arange(len(prompts)), math.ceil(len(prompts) / batch_size))
+    batches = np.array_split(np.arange(len(prompts)), num_batches(len(prompts), batch_size))
     images = []
     for indices in batches:
         call_inputs = {k: ([v[i] for i in indices] if isinstance(v, list) else v) for k, v in inputs.items()}
@@ -148,22 +154,24 @@ def generate_per_scale(
     batch_size: int,
     scheduler: str | None = None,
     progress: bool = True,
+    **inputs: Any,
 ) -> tuple[dict[float, list[Image.Image]], str]:
     """Every prompt at each guidance scale with `generate`: ({scale: images in prompt order}, the scheduler's class
-    name). `scheduler` (a name of pipelines.schedulers) replaces the pipeline's for the run only."""
+    name). `scheduler` (a name of pipelines.schedulers) replaces the pipeline's for the run only; `inputs` go to every
+    pipeline call (e.g. `cross_attention_kwargs`)."""
     from pipelines.schedulers import make_scheduler
 
     own_scheduler = pipeline.scheduler
     if scheduler is not None:
         pipeline.scheduler = make_scheduler(scheduler, own_scheduler.config)
-    num_batches = math.ceil(len(prompts) / batch_size)
-    bar = StepBar([pipeline], len(guidance_scales) * num_batches * num_inference_steps, "judging", progress)
+    bar = StepBar([pipeline], len(guidance_scales) * num_batches(len(prompts), batch_size) * num_inference_steps,
+                  "judging", progress)  # fmt: skip
     images: dict[float, list[Image.Image]] = {}
     try:
         scheduler_name = type(pipeline.scheduler).__name__
         for scale in guidance_scales:
             bar.bar.set_postfix(guidance=guidance_key(scale))
-            images[scale] = generate(pipeline, prompts, scale, num_inference_steps, seed, batch_size, bar)
+            images[scale] = generate(pipeline, prompts, scale, num_inference_steps, seed, batch_size, bar, **inputs)
     finally:
         bar.close()
         pipeline.scheduler = own_scheduler

@@ -17,7 +17,9 @@ Every threshold comes from the palette's or the grammar's geometry (see the cons
 on blurred, noisy, slightly off-colour generated images, not only on the dataset's exact pixels.
 
 The reader is first proved on images drawn by the dataset itself (`check_reader`), and the scores are per attribute
-and for all four at once. `evaluate_pipeline` returns the metrics dict (the training loop can call it at validation
+and for all four at once. A colour outside the base grammar (`NEW_COLORS`, e.g. orange, for the adapters of
+docs/lora.md) is judged the same way: `colors` picks the captions' colours, and the reader chooses among the base six
+plus those (or an explicit `palette`), so a model that paints red shapes orange is caught, not read as red. `evaluate_pipeline` returns the metrics dict (the training loop can call it at validation
 time with an in-memory pipeline); `run_evaluation` also keeps the images and readings, which `write_report` turns
 into eval.json, an accuracy-vs-guidance plot and labelled grids.
 """
@@ -40,7 +42,17 @@ from PIL import Image
 
 from pipelines.schedulers import SCHEDULERS
 
-from ..builtin.shapes import BACKGROUNDS, CAPTION_TEMPLATE, COLORS, SHAPES, SIZE_RANGES, SIZES, make_shapes_sample
+from ..builtin.shapes import (
+    ALL_COLORS,
+    BACKGROUNDS,
+    CAPTION_TEMPLATE,
+    COLORS,
+    SHAPES,
+    SIZE_RANGES,
+    SIZES,
+    check_colors,
+    make_shapes_sample,
+)
 from .report import (
     RIGHT,
     WRONG,
@@ -153,8 +165,17 @@ def _majority_3x3(mask: np.ndarray) -> np.ndarray:
     return votes >= 5
 
 
-def read_shape(image: Image.Image | np.ndarray) -> ShapeReading:
-    """Read background, size, colour and shape off one image (see the module docstring for the steps)."""
+def reader_palette(colors: Sequence[str] | None = None, palette: Sequence[str] | None = None) -> dict[str, tuple]:
+    """The colours the reader chooses among: `palette` (names of ALL_COLORS) when given, else the base six plus the
+    captions' `colors`."""
+    names = check_colors(palette, "palette") if palette is not None else tuple(dict.fromkeys(
+        [*COLORS, *check_colors(colors)]))  # fmt: skip
+    return {name: ALL_COLORS[name] for name in names}
+
+
+def read_shape(image: Image.Image | np.ndarray, palette: dict[str, tuple] | None = None) -> ShapeReading:
+    """Read background, size, colour and shape off one image (see the module docstring for the steps); the colour
+    is the nearest of `palette` ({name: RGB}, default the base six)."""
     pixels = as_rgb_array(image, allow_gray=False)  # the shapes are told apart by colour
     height, width = pixels.shape[:2]
 
@@ -178,7 +199,7 @@ def read_shape(image: Image.Image | np.ndarray) -> ShapeReading:
     # smallest colour gap of ≈ 113 / 2).
     far = distance[blob] >= np.quantile(distance[blob], 0.75)
     shape_rgb = np.median(pixels[blob][far], axis=0)
-    color = _nearest(COLORS, shape_rgb)
+    color = _nearest(palette or COLORS, shape_rgb)
 
     # 4. The blob again, now cut at the 50% contour between the two measured colours: a symmetric blur moves that
     # contour least, so extent and fill stay near their sharp values whatever the pair's contrast.
@@ -214,11 +235,12 @@ def read_shape(image: Image.Image | np.ndarray) -> ShapeReading:
 # ---- the captions, and scoring readings against them -----------------------------------------------------------------
 
 
-def shapes_captions() -> list[dict[str, str]]:
+def shapes_captions(colors: Sequence[str] | None = None) -> list[dict[str, str]]:
     """Every caption of the shapes grammar with its attributes, {"text", "size", "color", "shape", "background"}, in
-    a fixed order: sizes, then colours, shapes and backgrounds (the last varying fastest); 108 of them."""
+    a fixed order: sizes, then colours, shapes and backgrounds (the last varying fastest); 108 of them, or 18 per
+    colour of `colors` (None → the base six)."""
     captions = []
-    for values in itertools.product(SIZES, COLORS, SHAPES, BACKGROUNDS):
+    for values in itertools.product(SIZES, check_colors(colors), SHAPES, BACKGROUNDS):
         attributes = dict(zip(ATTRIBUTES, values))
         captions.append({"text": CAPTION_TEMPLATE.format(**attributes), **attributes})
     return captions
@@ -232,34 +254,48 @@ def score(readings: Sequence[ShapeReading], expected: Sequence[dict[str, str]]) 
     return {**{a: float(right[:, i].mean()) for i, a in enumerate(ATTRIBUTES)}, "all": float(right.all(axis=1).mean())}
 
 
-def check_reader(resolution: int, num_images: int = 1000, seed: int = 1) -> dict[str, Any]:
+def check_reader(resolution: int, num_images: int = 1000, seed: int = 1, colors: Sequence[str] | None = None,
+                 palette: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The reader's accuracy on `num_images` images drawn by the dataset itself (`make_shapes_sample`, indices
-    0..num_images-1, each with its own generator from (seed, index)) at `resolution`: it must be ≥ READER_TARGET for
-    the judge's scores to mean anything. {"resolution", "num_images", "seed", "accuracy": score(...)}."""
+    0..num_images-1, each with its own generator from (seed, index)) at `resolution`, in `colors` and read with
+    `reader_palette(colors, palette)`: it must be ≥ READER_TARGET for the judge's scores to mean anything.
+    {"resolution", "num_images", "seed", "accuracy": score(...)} (and "colors", "palette" when not the base six)."""
     if num_images < 1:
         raise ValueError(f"`num_images`: {num_images} must be ≥ 1.")
-    return copy.deepcopy(_check_reader(resolution, num_images, seed))
+    names = tuple(reader_palette(colors, palette))
+    return copy.deepcopy(_check_reader(resolution, num_images, seed, check_colors(colors), names))
 
 
 @functools.lru_cache(maxsize=8)  # the training loop evaluates at one resolution many times
-def _check_reader(resolution: int, num_images: int, seed: int) -> dict[str, Any]:
-    samples = [make_shapes_sample(index, resolution, seed) for index in range(num_images)]
-    accuracy = score([read_shape(image) for image, _ in samples], [attributes for _, attributes in samples])
-    return {"resolution": resolution, "num_images": num_images, "seed": seed, "accuracy": accuracy}
+def _check_reader(resolution: int, num_images: int, seed: int, colors: tuple, names: tuple) -> dict[str, Any]:
+    samples = [make_shapes_sample(index, resolution, seed, colors) for index in range(num_images)]
+    palette = reader_palette(palette=names)
+    accuracy = score([read_shape(image, palette) for image, _ in samples], [attributes for _, attributes in samples])
+    return {"resolution": resolution, "num_images": num_images, "seed": seed, "accuracy": accuracy,
+            **_palette_entry(colors, names)}  # fmt: skip
 
 
-def check_autoencoder(pipeline, num_images: int = 216, seed: int = 1) -> dict[str, Any]:
-    """The reader's accuracy on `num_images` dataset images after a round trip through the pipeline's VAE (encode,
-    take the posterior mode, decode): the most a model can score with this decoder, however good its UNet. A low
-    ceiling says the autoencoder, not the diffusion model, loses the attribute. Same dict as `check_reader`."""
+def _palette_entry(colors: tuple, names: tuple) -> dict[str, list[str]]:
+    """{"colors", "palette"} for a record, when they are not the base grammar's (older records had neither)."""
+    return {} if colors == names == tuple(COLORS) else {"colors": list(colors), "palette": list(names)}
+
+
+def check_autoencoder(pipeline, num_images: int = 216, seed: int = 1, colors: Sequence[str] | None = None,
+                      palette: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The reader's accuracy on `num_images` dataset images (in `colors`) after a round trip through the pipeline's
+    VAE (encode, take the posterior mode, decode): the most a model can score with this decoder, however good its
+    UNet. A low ceiling says the autoencoder, not the diffusion model, loses the attribute. Same dict as
+    `check_reader`."""
     if num_images < 1:
         raise ValueError(f"`num_images`: {num_images} must be ≥ 1.")
     resolution = pipeline.default_height_width()[1]
-    samples = [make_shapes_sample(index, resolution, seed) for index in range(num_images)]
+    colors, names = check_colors(colors), tuple(reader_palette(colors, palette))
+    samples = [make_shapes_sample(index, resolution, seed, colors) for index in range(num_images)]
     decoded = vae_round_trip(pipeline, [image for image, _ in samples], batch_size=108)
-    readings = [read_shape(image) for image in decoded]
+    readings = [read_shape(image, reader_palette(palette=names)) for image in decoded]
     accuracy = score(readings, [attributes for _, attributes in samples])
-    return {"resolution": resolution, "num_images": num_images, "seed": seed, "accuracy": accuracy}
+    return {"resolution": resolution, "num_images": num_images, "seed": seed, "accuracy": accuracy,
+            **_palette_entry(colors, names)}  # fmt: skip
 
 
 # ---- generating and judging ------------------------------------------------------------------------------------------
@@ -299,6 +335,9 @@ def run_evaluation(
     reader_images: int = 1000,
     progress: bool = True,
     strict: bool = False,
+    colors: Sequence[str] | None = None,
+    palette: Sequence[str] | None = None,
+    call_kwargs: dict[str, Any] | None = None,
 ) -> Evaluation:
     """Generate every caption `per_caption` times at each guidance scale with `pipeline` (a `LatentDiffusionPipeline`
     at its training resolution), read the images and score them. See `evaluate_pipeline` for the arguments.
@@ -313,9 +352,12 @@ def run_evaluation(
     scales = _check_arguments(
         guidance_scales, per_caption, num_inference_steps, scheduler, seed, batch_size, reader_images
     )
+    colors, names = check_colors(colors), tuple(reader_palette(colors, palette))
+    if call_kwargs is not None and not isinstance(call_kwargs, dict):
+        raise ValueError(f"`call_kwargs`: {call_kwargs!r} must be a dict of pipeline arguments.")
     width = square_resolution(pipeline, "shapes")
     start = time.perf_counter()
-    reader = check_reader(width, reader_images)
+    reader = check_reader(width, reader_images, colors=colors, palette=names)
     if reader["accuracy"]["all"] < READER_TARGET:
         message = (
             f"At {width} px the reader gets only {reader['accuracy']['all']:.1%} of {reader_images} dataset images "
@@ -325,18 +367,20 @@ def run_evaluation(
             raise ValueError(f"`pipeline`: {message}")
         logger.warning(message)
 
-    autoencoder = check_autoencoder(pipeline)
+    autoencoder = check_autoencoder(pipeline, colors=colors, palette=names)
 
-    captions = shapes_captions()
+    captions = shapes_captions(colors)
     expected = [caption for caption in captions for _ in range(per_caption)]
     prompts = [caption["text"] for caption in expected]
+    generation_start = time.perf_counter()
     images, scheduler_name = generate_per_scale(
-        pipeline, prompts, scales, num_inference_steps, seed, batch_size, scheduler, progress
+        pipeline, prompts, scales, num_inference_steps, seed, batch_size, scheduler, progress, **(call_kwargs or {})
     )
+    generation_seconds = time.perf_counter() - generation_start
     evaluation = Evaluation(metrics={}, expected=expected, images=images)
     accuracy = {}
     for scale in scales:
-        evaluation.readings[scale] = [read_shape(image) for image in images[scale]]
+        evaluation.readings[scale] = [read_shape(image, reader_palette(palette=names)) for image in images[scale]]
         accuracy[guidance_key(scale)] = score(evaluation.readings[scale], expected)
 
     best = best_guidance_scale(scales, accuracy, key="all")
@@ -356,8 +400,12 @@ def run_evaluation(
             "resolution": width,
             "num_captions": len(captions),
             "num_images": len(prompts) * len(scales),
+            **_palette_entry(colors, names),
+            **({"call_kwargs": {k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, dict))}}
+               if call_kwargs else {}),
         },
         "seconds": round(time.perf_counter() - start, 2),
+        "seconds_per_image": round(generation_seconds / (len(prompts) * len(scales)), 4),  # generation alone
     }
     return evaluation
 
@@ -373,6 +421,9 @@ def evaluate_pipeline(
     reader_images: int = 1000,
     progress: bool = True,
     strict: bool = False,
+    colors: Sequence[str] | None = None,
+    palette: Sequence[str] | None = None,
+    call_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """How well `pipeline` draws what it is told: the metrics dict that eval.json holds.
 
@@ -390,6 +441,11 @@ def evaluate_pipeline(
         progress: show a tqdm bar over all denoising steps.
         strict: raise (rather than log a warning) if the reader is below READER_TARGET on the dataset's own images at
             the pipeline's resolution; its accuracy there is in the metrics either way.
+        colors: the captions' colours (names of `training.builtin.shapes.ALL_COLORS`; None → the base six, 108
+            captions), e.g. ("orange",) for the 18 captions of a concept an adapter was taught.
+        palette: the colours the reader chooses among; None → the base six plus `colors`.
+        call_kwargs: more arguments for every pipeline call, e.g. {"cross_attention_kwargs": {"scale": 0.5}} (a
+            LoRA's strength).
 
     Returns:
         {"accuracy": {"<scale>": {"size", "color", "shape", "background", "all"}}, "best_guidance_scale",
@@ -399,13 +455,14 @@ def evaluate_pipeline(
     """
     return run_evaluation(
         pipeline, guidance_scales, per_caption, num_inference_steps, scheduler, seed, batch_size, reader_images,
-        progress, strict,
+        progress, strict, colors, palette, call_kwargs,
     ).metrics  # fmt: skip
 
 
 # ---- eval.json, the accuracy plot and the labelled grids -------------------------------------------------------------
 _SHORT = {"small": "S", "large": "L", "circle": "circ", "square": "sq", "triangle": "tri", "white": "wht",
-          "black": "blk", "gray": "gry", "green": "grn", "yellow": "yel", "purple": "pur", "cyan": "cyn"}  # fmt: skip
+          "black": "blk", "gray": "gry", "green": "grn", "yellow": "yel", "purple": "pur", "cyan": "cyn",
+          "orange": "orn"}  # fmt: skip
 
 
 def write_report(evaluation: Evaluation, output_dir: str | Path, model: str | None = None) -> list[Path]:
@@ -455,12 +512,13 @@ def labelled_grid(
     """
     from PIL import ImageDraw, ImageFont
 
-    per_caption = len(images) // len(shapes_captions())
+    colors = list(dict.fromkeys(caption["color"] for caption in expected))  # the captions' colours, in order
+    per_caption = len(images) // len(shapes_captions(colors))
     font = ImageFont.load_default()
     side = images[0].width * max(1, math.ceil(96 / images[0].width))
     pad, label_h, head_w, head_h, title_h = 3, 26, 64, 28, 34
     cell_w, cell_h = side + 2 * pad + 4, side + 2 * pad + label_h
-    columns = [(size, color) for size in SIZES for color in COLORS]
+    columns = [(size, color) for size in SIZES for color in colors]
     rows = [(shape, background) for shape in SHAPES for background in BACKGROUNDS]
     grid = Image.new("RGB", (head_w + len(columns) * cell_w, title_h + head_h + len(rows) * cell_h), "white")
     draw = ImageDraw.Draw(grid)
