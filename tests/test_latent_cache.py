@@ -192,3 +192,28 @@ def test_the_script_refuses_bad_arguments(tmp_path, capsys):
     assert script(["--config", TINY, f"output_dir={tmp_path}", "latent_cache=ssd"]) == 2
     assert "error: `latent_cache`: 'ssd' is not one of 'memory', 'disk'" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rows_per_shard, shards", [(None, 1), (4, 4)])
+def test_two_processes_build_the_cache_one_process_reads(tmp_path, rows_per_shard, shards):
+    # One shard: rank 1 builds nothing and could read the manifest rank 0 had just written; it found the shard
+    # missing while the barriers paired wrongly (fixed: every rank meets after the manifest, found or written).
+    import os
+    import subprocess
+
+    from conftest import accelerate_launch
+
+    cache = tmp_path / "hf"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    command = [*accelerate_launch(2, 29781 + shards), str(ROOT / "scripts" / "cache_latents.py"), "--config", TINY,
+               f"output_dir={tmp_path / 'script'}", f"cache_dir={cache}", "validation_steps=null", *RUN,
+               *(["--rows_per_shard", str(rows_per_shard)] if rows_per_shard else [])]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    [folder] = cache_folders(cache)
+    built = shard_times(folder)
+    assert len(built) == shards  # shard k built by rank k mod 2
+    reference = run(tmp_path / "own", tmp_path / "other-hf", *DISK)
+    assert run(tmp_path / "read", cache, *DISK) == reference and shard_times(folder) == built

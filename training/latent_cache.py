@@ -184,19 +184,21 @@ def prepare_cache(config, dataset, vae, accelerator, weight_dtype: torch.dtype, 
     folder = cache_folder(config, key)
     manifest = check_manifest(folder, key)
     batch_size = config.train_batch_size
-    if manifest is None:
+    if manifest is None and accelerator.is_main_process:
         per_shard = max(1, round((rows_per_shard or ROWS_PER_SHARD) / batch_size)) * batch_size
         manifest = {"format": CACHE_FORMAT, "key": key, "key_sha256": key_digest(key), "rows": len(dataset),
                     "rows_per_shard": per_shard, "shards": -(-len(dataset) // per_shard),
                     "encode_batch_size": batch_size, "text": tokenizer is not None}  # fmt: skip
-        if accelerator.is_main_process:
-            folder.mkdir(parents=True, exist_ok=True)
-            if tokenizer is not None:
-                empty = encode_text(tokenizer, text_encoder, [""], text_encoder.device).float().cpu()[0]
-                _save_atomically({"embedding": empty.contiguous()}, folder / EMPTY_CAPTION, {})
-            _write_atomically(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
-        wait_for_main_process(accelerator)
-        manifest = json.loads((folder / MANIFEST).read_text())
+        folder.mkdir(parents=True, exist_ok=True)
+        if tokenizer is not None:
+            empty = encode_text(tokenizer, text_encoder, [""], text_encoder.device).float().cpu()[0]
+            _save_atomically({"embedding": empty.contiguous()}, folder / EMPTY_CAPTION, {})
+        _write_atomically(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+    # Every rank meets here whether or not it found a manifest: another rank may have read the one the main process
+    # had just written, and a barrier only some ranks reach pairs with the next one (the others would check the
+    # shards before the main process had built its share).
+    wait_for_main_process(accelerator)
+    manifest = json.loads((folder / MANIFEST).read_text())
     mine = range(accelerator.process_index, manifest["shards"], accelerator.num_processes)
     todo = []
     for shard in mine:
