@@ -2,7 +2,7 @@
 (torch 2.13's `fully_shard` runs on CPU; accelerate 1.15 sets FSDP only for GPUs, which sharded.enable_fsdp_on_cpu
 makes up for). The run trains as DDP does, its checkpoints (EMA gathered unsharded) resume to the uninterrupted
 run's weights, the saved pipeline is the normal unsharded one, and what FSDP cannot shard is refused. Every test
-launches 2 processes (about a minute each on a loaded 2-core machine): all are `slow`."""
+launches 2 processes (30-60 s each on a loaded 2-core machine): all but the first refusal are `slow`."""
 
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_
 RUN = ("num_shapes_samples=16", "max_train_steps=4", "train_batch_size=2", "validation_prompts=[]",
        "validation_steps=null", "checkpointing_steps=2", "train_text_encoder=false", "random_flip=false")  # fmt: skip
 
-pytestmark = pytest.mark.slow
 
 
 def fsdp_launch(port: int) -> list[str]:
@@ -59,6 +58,7 @@ def fsdp_run(tmp_path_factory) -> Path:
     return root / "run"
 
 
+@pytest.mark.slow
 def test_fsdp_shards_the_unet_and_trains_as_ddp(fsdp_run, tmp_path):
     # accelerate's FSDP path ran: its checkpoint holds one full state dict of the wrapped UNet (FULL_STATE_DICT).
     assert (fsdp_run / "checkpoint-2" / "pytorch_model_fsdp.bin").is_file()
@@ -80,6 +80,7 @@ def test_fsdp_shards_the_unet_and_trains_as_ddp(fsdp_run, tmp_path):
     assert ea.keys() == eb.keys() and max((ea[k] - eb[k]).abs().max().item() for k in ea) < 3e-5
 
 
+@pytest.mark.slow
 def test_fsdp_checkpoints_hold_full_weights_and_resume_to_the_same_run(fsdp_run, tmp_path):
     checkpoint = fsdp_run / "checkpoint-2"
     saved = torch.load(checkpoint / "pytorch_model_fsdp.bin", map_location="cpu", weights_only=True)
@@ -101,6 +102,7 @@ def test_fsdp_checkpoints_hold_full_weights_and_resume_to_the_same_run(fsdp_run,
                                                   unet(fsdp_run / "checkpoint-4" / "unet_ema").values()))  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_fsdp_pipeline_loads_unsharded(fsdp_run):
     from diffusers import UNet2DConditionModel
 
@@ -114,8 +116,19 @@ def test_the_fsdp_pipeline_loads_unsharded(fsdp_run):
     assert image.shape == (1, 32, 32, 3) and 0 < image.std() and image.min() >= 0 and image.max() <= 1
 
 
-def test_fsdp_refuses_what_it_cannot_shard(tmp_path):
+def test_fsdp_refuses_a_trained_text_encoder(tmp_path):
     done = train(fsdp_launch(29734), tmp_path / "run", tmp_path / "hf", "train_text_encoder=true")
+    # Each process says it in one line ("error: ...", its exit status 2); torchrun reports the failed children (1).
     assert done.returncode != 0
-    assert "`train_text_encoder`: true under FSDP" in done.stderr, done.stderr[-3000:]
+    assert "error: `train_text_encoder`: true under FSDP" in done.stderr, done.stderr[-3000:]
     assert not (tmp_path / "run" / "checkpoint-2").exists()
+
+
+@pytest.mark.slow
+def test_fsdp_refuses_the_vae_stage(tmp_path):
+    command = [*fsdp_launch(29735), str(ROOT / "scripts" / "train_vae.py"), "--config", TINY,
+               f"vae_output_dir={tmp_path / 'vae'}", f"cache_dir={tmp_path / 'hf'}", "vae_max_train_steps=2"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
+    assert done.returncode != 0
+    assert "run scripts/train_vae.py with DDP (--multi_gpu) instead" in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "vae").exists()
