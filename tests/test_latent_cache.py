@@ -217,3 +217,29 @@ def test_two_processes_build_the_cache_one_process_reads(tmp_path, rows_per_shar
     assert len(built) == shards  # shard k built by rank k mod 2
     reference = run(tmp_path / "own", tmp_path / "other-hf", *DISK)
     assert run(tmp_path / "read", cache, *DISK) == reference and shard_times(folder) == built
+
+
+def test_a_cache_killed_midway_builds_only_what_is_missing(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hf"
+    command = [sys.executable, str(ROOT / "scripts" / "cache_latents.py"), "--config", TINY,
+               f"output_dir={tmp_path / 'script'}", f"cache_dir={cache}", "validation_steps=null", *RUN,
+               "--rows_per_shard", "4"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    # SIGKILL right after shard 1 is written (checkpoint.kill_point): shards 0 and 1 complete, no partial file kept.
+    killed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**env, "SCULPT_TEST_KILL_AT": "cache:1"})  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    [folder] = cache_folders(cache)
+    first = shard_times(folder)
+    assert list(first) == [shard_name(0), shard_name(1)]
+    assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    now = shard_times(folder)
+    assert len(now) == 4 and all(now[name] == first[name] for name in first)  # only shards 2 and 3 were built
+    assert run(tmp_path / "a", cache, *DISK) == run(tmp_path / "own", tmp_path / "other-hf", *DISK)
