@@ -273,7 +273,7 @@ def test_missing_and_malformed_files(tmp_path):
         (["on_bad_image=ignore"], r"`on_bad_image`: 'ignore' is not one of 'stop', 'skip'"),
         (["image_interpolation_mode=area"], r"`image_interpolation_mode`: 'area' is not one of 'nearest', 'box', "
                                             r"'bilinear', 'hamming', 'bicubic', 'lanczos'"),
-        (["report_to=wandb"], r"`report_to`: 'wandb' is not one of 'tensorboard', 'none'"),
+        (["report_to=mlflow"], r"`report_to`: 'mlflow' is not one of 'tensorboard', 'wandb', 'all', 'none'"),
         (["dataset_name=none"], r"Set exactly one data source, `dataset_name` .* got neither"),
         (["train_data_dir=data/x"], r"Set exactly one data source.* got \{'dataset_name': 'shapes', "
                                     r"'train_data_dir': 'data/x'\}"),
@@ -292,10 +292,11 @@ def test_missing_and_malformed_files(tmp_path):
                                                  r"`text_encoder_config\.hidden_size`: 256"),
         (["vae_config.latent_channels=8"],
          r"`unet_config\.in_channels`: 4 must equal `vae_config\.latent_channels`: 8"),
-        # Caching one view per image would silently drop random augmentation.
+        # Caching one view per image in memory would silently drop random flips (the disk cache holds both).
         (["cache_latents=true", "random_flip=true"],
-         r"`cache_latents`: true caches one view per image, so `random_flip`: true would never flip; set "
-         r"random_flip=false, or cache_latents=false"),
+         r"`cache_latents`: true with `latent_cache`: 'memory' caches one view per image, so `random_flip`: true "
+         r"would never flip; set latent_cache=disk \(which caches both flips\), random_flip=false, or "
+         r"cache_latents=false"),
         (["dataset_name=none", "train_data_dir=data/x", "cache_latents=true", "center_crop=false"],
          r"`cache_latents`: true caches one view per image, so the random crop of `center_crop`: false would always be "
          r"the center one; set center_crop=true, or cache_latents=false"),
@@ -417,6 +418,8 @@ def test_resumable_and_stage_keys_come_from_the_fields():
         "eval_per_caption", "eval_num_inference_steps", "push_to_hub", "hub_model_id", "hub_private", "model_license",
         "vae_output_dir", "vae_max_train_steps",
         "validation_resolutions",  # added with aspect-ratio bucketing
+        "trigger_words",  # added with LoRA (the model card's)
+        "latent_cache_dir", "main_process_timeout",  # added with scale-out (issue 14)
     }  # fmt: skip
     vae_only = {"vae_train_batch_size", "vae_learning_rate", "kl_weight"}
     diffusion_only = {
@@ -425,6 +428,11 @@ def test_resumable_and_stage_keys_come_from_the_fields():
         "pretrained_tokenizer", "tokenizer_subfolder", "tokenizer_vocab_size", "train_text_encoder",
         "scheduler_config", "prediction_type", "zero_terminal_snr", "snr_gamma", "noise_offset", "cfg_dropout",
         "train_batch_size", "learning_rate", "scale_lr", "allow_tf32", "cache_latents", "cache_text_embeddings",
+        # added with LoRA and DreamBooth (issue 13)
+        "training_mode", "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules", "train_text_encoder_lora",
+        "instance_prompt", "with_prior_preservation", "class_data_dir", "class_prompts", "num_class_images",
+        "class_guidance_scale", "class_num_inference_steps", "prior_loss_weight",
+        "latent_cache",  # added with scale-out (issue 14)
     }  # fmt: skip
     assert RESUMABLE_CHANGES == run_keys | vae_only
     assert DIFFUSION_ONLY_KEYS == diffusion_only

@@ -106,7 +106,7 @@ def check_resumable(checkpoint: Path, config, num_processes: int, resumable: fro
         logger.warning(f"{checkpoint} records no settings (written by an older sculpt); cannot check that it is from "
                        f"this config.", main_process_only=True)
     else:
-        differ = _differences(recorded, fingerprint(config, num_processes, resumable))
+        differ = differences(recorded, fingerprint(config, num_processes, resumable))
         if differ:
             details = "; ".join(f"{k}: {_short(there)} there, {_short(now)} now" for k, there, now in differ[:6])
             more = f" (and {len(differ) - 6} more)" if len(differ) > 6 else ""
@@ -129,7 +129,10 @@ def pickled_weights(checkpoint: Path, ema_folder: str = EMA_FOLDER) -> list[str]
     writes `model[_i].safetensors` by default) and the EMA's `diffusion_pytorch_model.bin` in `ema_folder`. The
     optimizer, LR-schedule and RNG states are pickles whatever the settings; accelerate reads them with torch's
     `weights_only` unpickler, which builds tensors and plain containers and runs no code."""
-    weights = [p.name for p in checkpoint.iterdir() if p.is_file() and p.name.startswith(("model", "pytorch_model"))]
+    # FSDP's full state dict (pytorch_model_fsdp[_i].bin) is read with `weights_only` too (accelerate's
+    # load_fsdp_model), like the optimizer's.
+    weights = [p.name for p in checkpoint.iterdir() if p.is_file() and p.name.startswith(("model", "pytorch_model"))
+               and not p.name.startswith("pytorch_model_fsdp")]  # fmt: skip
     found = []
     for model in sorted({_model_key(name) for name in weights}):  # accelerate's model, model_1, ...
         found += pickle_only(name for name in weights if _model_key(name) == model)
@@ -142,7 +145,7 @@ def _model_key(name: str) -> str:
     return name.removeprefix("pytorch_").partition(".")[0]
 
 
-def _differences(recorded: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+def differences(recorded: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
     """(key, recorded value, current value) for each key both hold with different values; dicts entry by entry
     ("unet_config.layers_per_block"). A key only one side holds (a setting added or removed by a newer sculpt) is
     not compared."""
@@ -153,7 +156,7 @@ def _differences(recorded: dict, current: dict, prefix: str = "") -> list[tuple[
         there, now = recorded[key], current[key]
         if isinstance(there, dict) and isinstance(now, dict):
             entries = {**dict.fromkeys(there, None), **dict.fromkeys(now, None)}
-            found += _differences({k: there.get(k) for k in entries}, {k: now.get(k) for k in entries},
+            found += differences({k: there.get(k) for k in entries}, {k: now.get(k) for k in entries},
                                   f"{prefix}{key}.")  # fmt: skip
         else:
             found.append((prefix + key, there, now))

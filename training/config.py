@@ -46,6 +46,7 @@ BAD_IMAGE_POLICIES = ("stop", "skip")
 # accelerate trackers: "all" is every integration accelerate finds installed (its own meaning of log_with="all").
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 BUILTIN_DATASETS = ("shapes", "emoji", "digits")  # training/builtin/
+LATENT_CACHES = ("memory", "disk")
 TRAINING_MODES = ("full", "lora")
 # The UNet's attention projections (self and cross): what diffusers' LoRA scripts adapt in a UNet2DConditionModel.
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -194,6 +195,12 @@ class TrainConfig:
     aspect_ratio_buckets: bool = False
     bucket_sizes: list[str] = field(default_factory=list)
     dataloader_num_workers: int = _run(0)  # 0 → load in the main process (enough for small images)
+    # Read the data shard by shard as batches need it instead of loading it (training/streaming.py), for datasets
+    # larger than memory or disk: `dataset_name` a folder of parquet/arrow/webdataset shards (scripts/make_shards.py)
+    # or a Hub id, or `train_data_dir`. Seeded shard order and shuffle per epoch, exact resume, split across processes.
+    streaming: bool = False
+    # With streaming: rows are shuffled in windows of this many, the undecoded images a process holds at once
+    shuffle_buffer_size: int = 1000
 
     # ---- model parts: each is pretrained (its own key, else pretrained_model_name_or_path/<subfolder>) or built ----
     # a diffusers-layout repo or folder (unet/, vae/, text_encoder/..)
@@ -295,10 +302,15 @@ class TrainConfig:
     # TF32 matmuls on Ampere+ GPUs: faster, slightly less exact; false keeps torch's default
     allow_tf32: bool = _diffusion(False)
     gradient_checkpointing: bool = _run(False)  # recompute UNet activations in backward: less memory, ~25% slower
-    # Encode each image with the frozen VAE once instead of every step. One view per image is cached, so it cannot
-    # be combined with random flips or random crops (they would be the same every epoch).
+    # Encode each image with the frozen VAE once instead of every step. A cache holds the center crop of each image
+    # (so random crops are refused: they would be the same every epoch); in memory one view, on disk both flips.
     cache_latents: bool = _diffusion(False)
     cache_text_embeddings: bool = _diffusion(False)  # encode each caption with the frozen text encoder once
+    # Where the `cache_latents` cache lives: "memory" (this process's RAM) or "disk" (training/latent_cache.py: sharded
+    # safetensors built once, each process its share, keyed by everything that changes them; read as needed, so
+    # memory stays flat; with `random_flip` both flips; with `cache_text_embeddings` each row's caption embeddings too).
+    latent_cache: str = _diffusion("memory")
+    latent_cache_dir: str | None = _run(None)  # the disk cache's folder; None → <cache_dir>/sculpt-latents/<key>
 
     # ---- processes (set by `accelerate launch`) -------------------------------------------------------------------
     # The number of processes this run is meant for (its effective batch, and so its learning rate, depend on it);
@@ -309,6 +321,9 @@ class TrainConfig:
     # the launcher (torchrun ends the others) and by gloo's broken connections; this bounds a rank that hangs.
     # 30 min (torch's default) leaves room for the main process's validation and final save.
     ddp_timeout: int = _run(1800)
+    # Seconds the other processes wait while the main one alone validates, judges, trains the tokenizer, or writes the
+    # final pipeline and model card: a barrier of its own (training/run.py), so that work does not hit ddp_timeout.
+    main_process_timeout: int = _run(7200)
 
     # ---- exponential moving average of the UNet weights (what gets saved and sampled) ------------------------------
     use_ema: bool = False
@@ -375,7 +390,7 @@ class TrainConfig:
         for key in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "num_inference_steps",
                     "num_validation_images", "max_consecutive_non_finite", "num_shapes_samples", "ddp_timeout",
                     "vae_max_train_steps", "vae_train_batch_size", "eval_per_caption", "eval_num_inference_steps",
-                    "num_class_images", "class_num_inference_steps"):
+                    "shuffle_buffer_size", "main_process_timeout", "num_class_images", "class_num_inference_steps"):
             _check(getattr(self, key) >= 1, f"`{key}`: {getattr(self, key)} must be ≥ 1.")
         for key in ("checkpointing_steps", "checkpoints_total_limit", "validation_steps", "max_train_samples",
                     "num_processes", "eval_steps"):
@@ -409,6 +424,7 @@ class TrainConfig:
         _check_choice("non_finite_loss", self.non_finite_loss, NON_FINITE_LOSS_POLICIES)
         _check_choice("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)
         _check_choice("report_to", self.report_to, REPORT_TO)
+        _check_choice("latent_cache", self.latent_cache, LATENT_CACHES)
         _check_choice("training_mode", self.training_mode, TRAINING_MODES)
         _check(self.lora_rank >= 1, f"`lora_rank`: {self.lora_rank} must be ≥ 1 (the adapter's rank r).")
         _check(self.lora_alpha is None or self.lora_alpha > 0,
@@ -458,10 +474,35 @@ class TrainConfig:
                    f"`cache_text_embeddings`: true cannot be combined with `{key}`: true (the embeddings change as "
                    "the encoder trains).")
         self._check_adapters()
-        # The cache holds one (center-cropped, unflipped) view per image: random augmentations would silently stop.
-        _check(not (self.cache_latents and self.random_flip),
-               "`cache_latents`: true caches one view per image, so `random_flip`: true would never flip; set "
-               "random_flip=false, or cache_latents=false to keep the flips.")
+        # The memory cache holds one (center-cropped, unflipped) view per image: random flips would silently stop.
+        # The disk cache holds both flips and draws each sample's flip as the uncached path does.
+        _check(not (self.cache_latents and self.random_flip and self.latent_cache == "memory"),
+               "`cache_latents`: true with `latent_cache`: 'memory' caches one view per image, so `random_flip`: true "
+               "would never flip; set latent_cache=disk (which caches both flips), random_flip=false, or "
+               "cache_latents=false.")
+        _check(not (self.latent_cache == "disk" and not self.cache_latents),
+               "`latent_cache`: 'disk' is where `cache_latents` keeps its cache; set cache_latents=true, or "
+               "latent_cache=memory.")
+        if self.streaming:
+            _check(self.dataset_name != "shapes",
+                   "`streaming`: true reads shards, and the built-in shapes dataset is drawn in memory; write it as "
+                   "shards (python scripts/make_shards.py shapes DIR ...) and set dataset_name=DIR, or "
+                   "streaming=false.")
+            _check(not (self.aspect_ratio_buckets or self.bucket_sizes),
+                   "`streaming`: true cannot be combined with aspect-ratio bucketing (`aspect_ratio_buckets` / "
+                   "`bucket_sizes`), which needs every image's size before the first batch; use streaming=false.")
+            _check(self.on_bad_image == "stop",
+                   "`on_bad_image`: 'skip' needs a pass over every image before training; with `streaming`: true an "
+                   "unreadable image stops the run, naming its shard and row. Set on_bad_image=stop.")
+            _check(self.max_train_samples is None,
+                   f"`max_train_samples`: {self.max_train_samples} picks a random subset of a loaded dataset; with "
+                   "`streaming`: true write fewer shards instead (scripts/make_shards.py), or streaming=false.")
+            _check(not self.with_prior_preservation,
+                   "`with_prior_preservation`: true pairs every batch with class images from a loaded dataset; with "
+                   "`streaming`: true use streaming=false.")
+            _check(not (self.cache_latents and self.latent_cache == "memory"),
+                   "`cache_latents`: true with `latent_cache`: 'memory' holds the whole dataset's latents in memory, "
+                   "which `streaming`: true is for avoiding; set latent_cache=disk.")
         # The shapes dataset is drawn square at `resolution`, so its crop is the whole image either way.
         _check(not (self.cache_latents and not self.center_crop and self.dataset_name not in BUILTIN_DATASETS),
                "`cache_latents`: true caches one view per image, so the random crop of `center_crop`: false would "

@@ -52,7 +52,7 @@ def write_imagefolder(dataset: datasets.Dataset, output_dir: str | Path) -> Path
     with open(output_dir / "metadata.jsonl", "w") as metadata:
         for index, row in enumerate(dataset):
             file_name = f"{index:0{width}d}.png"
-            image = _open_image(row.pop("image"))
+            image = open_image(row.pop("image"))
             image.save(output_dir / file_name, format="PNG")
             metadata.write(json.dumps({"file_name": file_name, **row}) + "\n")
     return output_dir
@@ -229,7 +229,7 @@ def _check_images(dataset: datasets.Dataset, on_bad_image: str, source: str) -> 
     good: list[int] = []
     for index, cell in enumerate(dataset.select_columns([IMAGE_COLUMN])[IMAGE_COLUMN]):
         try:
-            _open_image(cell)
+            open_image(cell)
         except Exception as error:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
             name = _image_name(cell, index)
             if on_bad_image == "stop":
@@ -252,7 +252,7 @@ def _image_name(cell: dict, index: int) -> str:
     return f"{cell['path']!r} (row {index})" if cell.get("path") else f"row {index}"
 
 
-def _open_image(cell: dict) -> Image.Image:
+def open_image(cell: dict) -> Image.Image:
     """An undecoded datasets.Image cell ({"bytes", "path"}) → a fully decoded RGB PIL image, upright per EXIF."""
     if cell.get("bytes") is not None:
         image = Image.open(io.BytesIO(cell["bytes"]))
@@ -266,6 +266,9 @@ def _open_image(cell: dict) -> Image.Image:
         # 16-bit grayscale (PNG, TIFF): PIL's convert("RGB") clips at 255, which would make it almost all white.
         image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).clip(0, 255).round().astype(np.uint8))
     return image.convert("RGB")
+
+
+_open_image = open_image  # the name tests/test_data.py imports
 
 
 def all_captions(dataset: datasets.Dataset) -> list[str]:
@@ -337,20 +340,29 @@ def train_transform(
     else:
         new_size = (max(target_w, int(target_h * width / height)), target_h)
     image = image.resize(new_size, resample=_RESAMPLING[interpolation])
-    # 2. Crop to target_w × target_h.
+    # 2. Crop to target_w × target_h, 3. flip horizontally with probability 1/2.
     width, height = image.size
-    if center_crop:
-        top, left = int(round((height - target_h) / 2.0)), int(round((width - target_w) / 2.0))
-    else:
-        top = int(torch.randint(0, height - target_h + 1, (1,), generator=generator))
-        left = int(torch.randint(0, width - target_w + 1, (1,), generator=generator))
+    top, left, flip = draw_view(generator, center_crop, random_flip, (height - target_h, width - target_w))
     image = image.crop((left, top, left + target_w, top + target_h))
-    # 3. Horizontal flip with probability 1/2.
-    if random_flip and torch.rand(1, generator=generator).item() < 0.5:
+    if flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     # 4. uint8 HWC → float CHW in [-1, 1] (ToTensor then Normalize([0.5], [0.5])).
     array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
     return array.permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def draw_view(generator: torch.Generator | None, center_crop: bool, random_flip: bool,
+              room: tuple[int, int] = (0, 0)) -> tuple[int, int, bool]:  # fmt: skip
+    """The random choices of `train_transform`, in its order: crop top and left (random crops only; `room` is the
+    (height, width) the resized image exceeds the target by; center crops take the middle), then the flip. The disk
+    latent cache (training/latent_cache.py) draws a cached sample's flip through this too."""
+    if center_crop:
+        top, left = int(round(room[0] / 2.0)), int(round(room[1] / 2.0))
+    else:
+        top = int(torch.randint(0, room[0] + 1, (1,), generator=generator))
+        left = int(torch.randint(0, room[1] + 1, (1,), generator=generator))
+    flip = random_flip and torch.rand(1, generator=generator).item() < 0.5
+    return top, left, flip
 
 
 def pick_caption(caption: str | Sequence[str], generator: torch.Generator | None = None) -> str:
@@ -422,7 +434,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             return {"caption": pick_caption(self.captions[index], generator if self.train else None)}
         row = self.dataset[index]
         try:
-            image = _open_image(row[IMAGE_COLUMN])
+            image = open_image(row[IMAGE_COLUMN])
         except Exception as error:
             # Every image decoded when training started (`_check_images`), so this one changed since. Skipping it now
             # would change the batches, so whatever `on_bad_image` says, stop; the last checkpoint is untouched.
@@ -430,20 +442,25 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
                 f"Cannot read image {_image_name(row[IMAGE_COLUMN], index)}: {error}. It could be read when training "
                 f"started, so it changed on disk since; restore it and resume with resume_from_checkpoint=latest."
             ) from error
+        return self.make_sample(image, row[CAPTION_COLUMN], index)
+
+    def make_sample(self, image: Image.Image, caption: str | Sequence[str], index: int) -> dict[str, Any]:
+        """Sample `index` of the current epoch from its decoded image and caption cell (also what the streaming
+        reader, training/streaming.py, makes of each row it reads)."""
+        generator = sample_generator(self.seed, self.epoch, index)
         target = self.resolution if self.sizes is None else self.sizes[index]
         pixel_values = train_transform(image, target, self.center_crop, self.random_flip, self.interpolation, generator)
-        caption = pick_caption(row[CAPTION_COLUMN], generator if self.train else None)
+        caption = pick_caption(caption, generator if self.train else None)
         return {"pixel_values": pixel_values, "caption": caption}
 
 
 def collate_fn(examples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch → {"pixel_values": float32 (B, 3, R, R), "captions": list[str]} (no pixel_values for a caption-only
-    dataset); the training loop tokenizes."""
-    batch = {"captions": [example["caption"] for example in examples]}
-    if "pixel_values" in examples[0]:
-        pixel_values = torch.stack([example["pixel_values"] for example in examples])
-        batch["pixel_values"] = pixel_values.to(memory_format=torch.contiguous_format).float()
-    return batch
+    """Batch → {"pixel_values": float32 (B, 3, R, R), "captions": list[str]}; the training loop tokenizes. Every
+    tensor of the examples is stacked so (the disk latent cache's samples carry latents instead of pixels; a
+    caption-only dataset's carry none)."""
+    batch = {key: torch.stack([example[key] for example in examples]).to(memory_format=torch.contiguous_format).float()
+             for key, value in examples[0].items() if isinstance(value, torch.Tensor)}  # fmt: skip
+    return {**batch, "captions": [example["caption"] for example in examples]}
 
 
 # ---- order and batches -----------------------------------------------------------------------------------------------
@@ -482,17 +499,20 @@ class _WithIndex(torch.utils.data.Dataset):
         return {**self.dataset[index], "index": index}
 
 
-def _collate_with_index(examples: list[dict]) -> dict:
+def collate_with_index(examples: list[dict]) -> dict:
+    """`collate_fn`, plus the examples' dataset `indices`."""
     return {**collate_fn(examples), "indices": [example["index"] for example in examples]}
 
 
 def build_train_dataloader(dataset, config, batch_size: int | None = None, shuffle: bool = True, augment: bool = True,
                            num_processes: int = 1, multiple: int | None = None, pixels: bool = True,
-                           prior_from: int | None = None):  # fmt: skip
+                           prior_from: int | None = None, samples=None):  # fmt: skip
     """(DataLoader, EpochSampler) over `dataset` with the config's transforms; batches carry `pixel_values`,
     `captions` and dataset `indices`. `augment=False` gives the deterministic view (center crop, no flip).
     `prior_from`: DreamBooth's prior preservation, rows from this index on are class images, and every batch is
     `batch_size` training images then `batch_size` class images (training/dreambooth.py).
+    `samples`: a torch dataset over the same rows to draw from instead of decoding `dataset`'s images (the disk
+    latent cache's, training/latent_cache.py), in the same order and buckets.
 
     With aspect-ratio bucketing (`aspect_ratio_buckets` / `bucket_sizes`, training/buckets.py) every batch is one
     bucket's; `num_processes` (the launch's) makes each global step one bucket's, and `multiple` (VAE factor × UNet
@@ -505,7 +525,7 @@ def build_train_dataloader(dataset, config, batch_size: int | None = None, shuff
     torch_dataset = ImageCaptionDataset.from_config(dataset, config, train=augment, sizes=sizes, pixels=pixels)
     if not augment:
         torch_dataset.center_crop, torch_dataset.random_flip = True, False
-    torch_dataset = _WithIndex(torch_dataset)
+    torch_dataset = _WithIndex(torch_dataset if samples is None else samples)
     if shuffle and prior_from is None and len(torch_dataset) < batch_size:
         raise ValueError(
             f"`train_batch_size`: {batch_size} is larger than the dataset ({len(torch_dataset)} examples); "
@@ -517,7 +537,7 @@ def build_train_dataloader(dataset, config, batch_size: int | None = None, shuff
 
         loader = torch.utils.data.DataLoader(
             torch_dataset, batch_sampler=PriorBatchSampler(sampler, prior_from, batch_size),
-            collate_fn=_collate_with_index, num_workers=config.dataloader_num_workers,
+            collate_fn=collate_with_index, num_workers=config.dataloader_num_workers,
         )  # fmt: skip
         return loader, sampler
     if sizes is None:
@@ -525,7 +545,7 @@ def build_train_dataloader(dataset, config, batch_size: int | None = None, shuff
             torch_dataset,
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=_collate_with_index,
+            collate_fn=collate_with_index,
             num_workers=config.dataloader_num_workers,
             drop_last=shuffle,  # every training step sees a full batch, so per-process batches line up under DDP
         )
@@ -536,10 +556,18 @@ def build_train_dataloader(dataset, config, batch_size: int | None = None, shuff
                     f"(each bucket's remainder short of a global batch of {batch_size * num_processes}; a different "
                     "set every epoch)", main_process_only=True)  # fmt: skip
     loader = torch.utils.data.DataLoader(
-        torch_dataset, batch_sampler=bucket_sampler, collate_fn=_collate_with_index,
+        torch_dataset, batch_sampler=bucket_sampler, collate_fn=collate_with_index,
         num_workers=config.dataloader_num_workers,
     )  # fmt: skip
     return loader, sampler
+
+
+def image_bucket_sizes(dataset, config, global_batch: int, multiple: int | None) -> list[tuple[int, int]] | None:
+    """The (width, height) bucket each example trains at (global batch = per-process batch × processes), or None
+    without bucketing: what the disk latent cache encodes each image at."""
+    if not (config.aspect_ratio_buckets or config.bucket_sizes):
+        return None
+    return _bucket_sizes(dataset, config, global_batch, multiple)[0]
 
 
 def _bucket_sizes(dataset, config, global_batch: int, multiple: int | None) -> tuple[list[tuple[int, int]], list[int]]:

@@ -27,6 +27,10 @@ class CheckpointWriteError(TrainingError):
     """A checkpoint could not be written (a full disk); the previous checkpoints are intact."""
 
 
+class CacheDamagedError(TrainingError):
+    """A shard of the disk latent cache changed after it was written (training/latent_cache.py); rebuild it."""
+
+
 class PushError(TrainingError):
     """The Hub or the network refused a push; the message says why. The local folder is unchanged."""
 

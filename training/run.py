@@ -3,6 +3,9 @@ functions that each stage's `main(config)` calls in its numbered stages, so that
 to how runs start, resume, step, checkpoint or stop is made once.
 
     make_accelerator        CPU DDP when there is no GPU; a launch that does not match the config is refused
+    wait_for_main_process / main_process_first
+                            barriers for work one process does alone, with `main_process_timeout`
+    train_data              the dataset and its loader: loaded (data.py) or streamed (streaming.py)
     check_output_dir        refuse a folder that holds another run, unless overwriting or resuming it
     start_output_dir        remove an overwritten run's checkpoints, write the resolved config
     make_ema / make_lr_scheduler
@@ -23,6 +26,7 @@ with batch N·B draws.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -40,9 +44,11 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import sharded
 from .config import save_config
-from .data import seeded_generator
+from .data import build_train_dataloader, load_train_dataset, seeded_generator
 from .errors import NonFiniteLossError, UsageError
+from .streaming import StreamLoader, load_stream
 
 logger = get_logger(__name__)
 
@@ -76,7 +82,53 @@ def make_accelerator(config, output_dir: Path, script: str = "scripts/train.py")
             f"Run: accelerate launch --multi_gpu --num_processes {config.num_processes} {script} ... (or set "
             f"num_processes={accelerator.num_processes}, which changes the effective batch)."
         )
+    sharded.enable_fsdp_on_cpu(accelerator, config, script)
+    if accelerator.num_processes > 1:
+        # A gloo group of its own, so its timeout is not `ddp_timeout` (a barrier's timeout is its group's), made now:
+        # creating it is itself collective, which would wait `ddp_timeout` for a main process busy validating.
+        _MAIN_WAIT["group"] = torch.distributed.new_group(
+            backend="gloo", timeout=datetime.timedelta(seconds=config.main_process_timeout))
     return accelerator
+
+
+_MAIN_WAIT: dict = {}  # the process group of `wait_for_main_process`, made by `make_accelerator`
+
+
+def wait_for_main_process(accelerator) -> None:
+    """`accelerator.wait_for_everyone()` where the others wait for work the main process does alone (validation,
+    the judge, the tokenizer, the final pipeline and card) or that ranks finish unevenly (the disk latent cache):
+    up to `main_process_timeout` seconds instead of `ddp_timeout`, so a slow validation does not time the others out
+    (accelerate#3861, diffusers#9936) while a rank that hangs in training is still found after `ddp_timeout`."""
+    if accelerator.num_processes > 1:
+        torch.distributed.barrier(group=_MAIN_WAIT["group"])
+
+
+@contextlib.contextmanager
+def main_process_first(accelerator):
+    """accelerate's `main_process_first`, with `wait_for_main_process`'s timeout."""
+    if not accelerator.is_main_process:
+        wait_for_main_process(accelerator)
+    yield
+    if accelerator.is_main_process:
+        wait_for_main_process(accelerator)
+
+
+def train_data(config, accelerator, batch_size: int | None = None, multiple: int | None = None, pixels: bool = True):
+    """(dataset, loader): a loaded dataset and its map-style loader (data.py), or with `streaming` the stream of
+    shards and its loader (streaming.py), which splits the data across the processes itself (`prepare` passes it
+    through). `multiple`: what bucket sides divide by (bucketing); `pixels=False`: batches of captions alone (for
+    cached latents)."""
+    if config.streaming:
+        stream = load_stream(config)
+        loader = StreamLoader(stream, config, accelerator.process_index, accelerator.num_processes, batch_size,
+                              accumulation=config.gradient_accumulation_steps)  # fmt: skip
+        logger.info(f"streaming: {loader.describe()}", main_process_only=True)
+        return stream, loader
+    with main_process_first(accelerator):  # a built-in dataset is built once, by the main process
+        dataset = load_train_dataset(config)
+    loader, _ = build_train_dataloader(dataset, config, batch_size, num_processes=accelerator.num_processes,
+                                       multiple=multiple, pixels=pixels)  # fmt: skip
+    return dataset, loader
 
 
 def check_tracker(report_to: str) -> None:
@@ -129,7 +181,7 @@ def start_output_dir(accelerator, config, output_dir: Path, config_file: str, ru
                 logger.info(f"overwrite_output_dir: removed the previous {run}'s {', '.join(removed)}")
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / config_file)
-    accelerator.wait_for_everyone()
+    wait_for_main_process(accelerator)
 
 
 def make_ema(config, model, device):
@@ -224,6 +276,10 @@ def train_batches(accelerator, dataloader, plan: EpochPlan) -> Iterator[tuple[in
         return
     for epoch in range(plan.first_epoch, plan.num_epochs):
         skip = plan.resume_batches if epoch == plan.first_epoch else 0
+        if isinstance(dataloader, StreamLoader):  # streaming: batch `skip` is found from the shards' sizes, not read to
+            dataloader.set_epoch(epoch)
+            yield from enumerate(dataloader.starting_at(skip), start=skip)
+            continue
         # Through accelerate's loader, not our sampler: at every __iter__ it re-sets the sampler's epoch from its own
         # iteration counter, which after a resume would otherwise restart at 0 and replay epoch 0's order. And on the
         # prepared loader itself: under several processes the loader that skips a resumed epoch's first batches
@@ -255,7 +311,7 @@ def guarded_step(accelerator, params, loss, optimizer, lr_scheduler, config) -> 
     micro-steps (no gradient sync yet) there is nothing to check: (True, None)."""
     finite, grad_norm = True, None
     if accelerator.sync_gradients:
-        grad_norm = clip_gradients(accelerator, params, config.max_grad_norm)
+        grad_norm = sharded.full_norm(clip_gradients(accelerator, params, config.max_grad_norm))
         finite = all_finite(accelerator, loss, grad_norm)
     if finite:
         optimizer.step()
@@ -329,7 +385,7 @@ def checkpoint_or_stop(accelerator, config, output_dir: Path, step: int, state: 
             output_dir,
             step,
             state,
-            ema=ema if accelerator.is_main_process else None,
+            ema=sharded.full_ema(accelerator, ema),  # on the main process; gathered from the shards under FSDP
             limit=config.checkpoints_total_limit,
             ema_folder=ema_folder,
         )

@@ -27,9 +27,10 @@ from pipelines.latents import encode_latents, normalize_latents, vae_scale_facto
 from pipelines.pipeline_latent_diffusion import encode_text
 
 from . import checkpoint as ckpt
-from . import dreambooth, hub, lora, run
+from . import dreambooth, hub, lora, run, sharded
 from .config import TrainConfig, config_to_dict
-from .data import all_captions, build_train_dataloader, load_train_dataset
+from .data import all_captions, build_train_dataloader
+from .latent_cache import cached_loader, prepare_cache
 from .loss import diffusion_loss, training_target
 from .models import (
     bucket_multiple,
@@ -43,6 +44,7 @@ from .models import (
     load_vae,
 )
 from .reporting import plot_loss, save_image_grid
+from .streaming import check_resume
 from .validation import (
     Models,
     build_pipeline,
@@ -84,12 +86,11 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     # 2. Seed: model initialisation and data order are the same on every process and in every rerun.
     set_seed(config.seed)
 
-    # 3. Data (first, because a tokenizer trained from scratch needs the captions), checked before anything is written.
-    with accelerator.main_process_first():  # a built-in dataset is built once, by the main process
-        dataset = load_train_dataset(config)
-    # With cached latents a step needs no pixels: the loader skips decoding and transforming every image.
-    dataloader, _ = build_train_dataloader(dataset, config, num_processes=accelerator.num_processes,
-                                           multiple=bucket_multiple(config), pixels=not config.cache_latents)
+    # 3. Data (first, because a tokenizer trained from scratch needs the captions), checked before anything is written:
+    #    loaded (training/data.py), or with `streaming` its shards, read as the batches need them (streaming.py).
+    #    With cached latents a step needs no pixels: the loader skips decoding and transforming every image.
+    dataset, dataloader = run.train_data(config, accelerator, multiple=bucket_multiple(config),
+                                         pixels=not config.cache_latents)  # fmt: skip
     if dry_run:
         accelerator.wait_for_everyone()
     else:  # every rank has checked its input before the main one writes anything
@@ -99,11 +100,11 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         class_images = dreambooth.class_images(config, accelerator).cast(dataset.features)
         prior_from, dataset = len(dataset), datasets.concatenate_datasets([dataset, class_images])
         dataloader, _ = build_train_dataloader(dataset, config, num_processes=accelerator.num_processes,
-                                               prior_from=prior_from)  # fmt: skip
+                                               multiple=bucket_multiple(config), prior_from=prior_from)  # fmt: skip
 
     # 4. Models: frozen VAE, text encoder (frozen unless `train_text_encoder`), trainable UNet (or, with LoRA, a
     #    frozen UNet and text encoder with trainable adapters), our scheduler.
-    with accelerator.main_process_first():
+    with run.main_process_first(accelerator):
         # The main process trains the tokenizer (if needed) and saves it; the others load that exact one.
         tokenizer_dir = output_dir / "tokenizer"
         if not config.is_pretrained("tokenizer") and not accelerator.is_main_process and not dry_run:
@@ -156,9 +157,16 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         )
         return output_dir
     latent_cache = text_cache = None
-    if config.cache_latents:
+    cache_text = config.cache_text_embeddings and not (config.train_text_encoder or config.train_text_encoder_lora)
+    if config.cache_latents and config.latent_cache == "disk":  # training/latent_cache.py; batches come from it now
+        text_parts = (tokenizer, text_encoder) if cache_text else (None, None)  # caption embeddings cached too
+        disk_cache = prepare_cache(config, dataset, vae, accelerator, weight_dtype, *text_parts,
+                                   multiple=bucket_multiple(config))  # fmt: skip
+        dataloader = cached_loader(disk_cache, dataset, config, accelerator, multiple=bucket_multiple(config))
+        text_cache = {"": disk_cache.empty_embedding} if cache_text else None  # the dropped captions'
+    elif config.cache_latents:
         latent_cache = cache_latent_distributions(dataset, config, vae, accelerator, weight_dtype)
-    if config.cache_text_embeddings and not (config.train_text_encoder or config.train_text_encoder_lora):
+    if cache_text and text_cache is None:
         text_cache = cache_text_embeddings(all_captions(dataset), tokenizer, text_encoder, accelerator)
 
     # 6. Optimizer and learning-rate schedule.
@@ -177,6 +185,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         )
     else:
         unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # FSDP's prepare makes them shards
     if adapters:  # checkpoints hold the adapters (pytorch_lora_weights.safetensors), not the frozen UNet
         lora.register_checkpoint_hooks(accelerator, unet, text_encoder, config.train_text_encoder_lora)
     if accelerator.is_main_process and config.report_to != "none":
@@ -186,6 +195,10 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
 
     # 8. Resume: weights, optimizer, LR schedule and EMA from the checkpoint; data position by skipping batches.
     state = run.resume(accelerator, config, resume_from, ema, ckpt.EMA_FOLDER, output_dir)
+    sharded.shard_ema(accelerator, ema, unet)  # under FSDP the EMA is kept in shards like the UNet's weights
+    data_record = dataset.record() if config.streaming else None  # a stream's shards: a resume needs the same ones
+    if config.streaming:
+        check_resume(state, dataset)
     global_step, history = state.get("global_step", 0), state.get("history", [])
     eval_history = state.get("eval_history", [])
     run_settings = ckpt.fingerprint(config, accelerator.num_processes)  # recorded in every checkpoint
@@ -211,7 +224,8 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
             with accelerator.accumulate(unet):
                 latents = batch_latents(batch, vae, latent_cache, generators, weight_dtype)
                 captions = drop_captions(batch["captions"], config.cfg_dropout, generators)
-                encoder_hidden_states = caption_embeddings(captions, tokenizer, text_encoder, text_cache, accelerator)
+                encoder_hidden_states = caption_embeddings(captions, tokenizer, text_encoder, text_cache, accelerator,
+                                                           batch.get("text_embedding"))  # fmt: skip
 
                 noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators])
                 if config.noise_offset:  # Guttenberg 2023, "Diffusion with offset noise": per-channel DC shift
@@ -263,7 +277,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
             if config.eval_steps and (global_step % config.eval_steps == 0 or done):
                 run_judge(config, accelerator, models, global_step, eval_history)
             state = {"global_step": global_step, "history": history, "eval_history": eval_history,
-                     "config": run_settings}  # fmt: skip
+                     "config": run_settings, "data": data_record}  # fmt: skip
             if run.checkpoint_or_stop(accelerator, config, output_dir, global_step, state, ema, stop, done, progress,
                                       ckpt.EMA_FOLDER, "output_dir"):  # fmt: skip
                 return output_dir
@@ -276,8 +290,9 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         #     adapters alone (pytorch_lora_weights.safetensors, for `load_lora_weights` on the base); samples, plots,
         #     the model card; then push it when asked, once the run is complete (a failed push loses nothing).
         accelerator.wait_for_everyone()
+        save_models = sharded.unsharded(accelerator, models)  # under FSDP gathered: the pipeline saves unsharded
         if accelerator.is_main_process:
-            pipeline = build_pipeline(accelerator, models, use_ema=True)
+            pipeline = build_pipeline(accelerator, save_models, use_ema=True)
             if adapters:
                 lora.save_adapters(output_dir, pipeline.unet, pipeline.text_encoder, config.train_text_encoder_lora)
             else:
@@ -295,7 +310,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
                 write_eval_history(eval_history, output_dir)
             hub.write_model_card(output_dir, config, images, accelerator.num_processes)
             accelerator.print(f"Saved the trained pipeline to {output_dir}")
-        accelerator.wait_for_everyone()
+        run.wait_for_main_process(accelerator)
         accelerator.end_training()
     finally:
         stop.restore()
@@ -314,8 +329,11 @@ def drop_captions(captions: list[str], p: float, generators: list[torch.Generato
     return ["" if torch.rand(1, generator=g).item() < p else c for c, g in zip(captions, generators)]
 
 
-def caption_embeddings(captions, tokenizer, text_encoder, cache, accelerator) -> torch.Tensor:
-    """The captions' CLIP embeddings exactly as the pipeline encodes prompts (`encode_text`), or from the cache."""
+def caption_embeddings(captions, tokenizer, text_encoder, cache, accelerator, cached=None) -> torch.Tensor:
+    """The captions' CLIP embeddings exactly as the pipeline encodes prompts (`encode_text`), or from the cache:
+    the memory one by caption, or `cached`, the batch's own from the disk cache (a dropped caption takes "")."""
+    if cached is not None:
+        return torch.stack([cache[""] if c == "" else e for c, e in zip(captions, cached)]).to(accelerator.device)
     if cache is not None:
         return torch.stack([cache[c] for c in captions]).to(accelerator.device)
     # A trained text encoder is DDP-wrapped and called through the wrapper so its gradients are synchronised.
@@ -326,9 +344,13 @@ def caption_embeddings(captions, tokenizer, text_encoder, cache, accelerator) ->
 
 def batch_latents(batch, vae, cache, generators, weight_dtype) -> torch.Tensor:
     """The batch's latents as the pipelines treat them (pipelines/latents.py): z ~ q(z | x), one ε per example from
-    its own generator, normalised in float32. From the VAE, or from the cached mean and std of q(z | x)."""
-    if cache is not None:
-        mean, std = (torch.stack([cache[i][k] for i in batch["indices"]]) for k in (0, 1))
+    its own generator, normalised in float32. From the VAE, or from the cached mean and std of q(z | x): in memory
+    (`cache`), or on disk (the batch carries them, training/latent_cache.py)."""
+    if "latent_mean" in batch or cache is not None:
+        if "latent_mean" in batch:
+            mean, std = batch["latent_mean"], batch["latent_std"]
+        else:
+            mean, std = (torch.stack([cache[i][k] for i in batch["indices"]]) for k in (0, 1))
         eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in generators])
         return normalize_latents((mean + std * eps).float(), vae.config).to(vae.device)
     pixels = batch["pixel_values"]

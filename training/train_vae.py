@@ -24,10 +24,11 @@ from pipelines.latents import vae_scale_factor
 from . import checkpoint as ckpt
 from . import run
 from .config import VAE_RESUMABLE_CHANGES, TrainConfig
-from .data import build_train_dataloader, load_train_dataset
+from .data import build_train_dataloader
 from .loss import vae_loss
 from .models import bucket_multiple
 from .reporting import plot_loss, save_image_grid
+from .streaming import Stream, StreamLoader
 
 logger = get_logger(__name__)
 
@@ -70,10 +71,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     factor = vae_scale_factor(vae)
     if config.resolution % factor:
         raise ValueError(f"`resolution`: {config.resolution} must be divisible by the VAE's downsampling factor {factor}.")
-    with accelerator.main_process_first():  # a built-in dataset is built once, by the main process
-        dataset = load_train_dataset(config)
-    dataloader, _ = build_train_dataloader(dataset, config, batch_size=config.vae_train_batch_size,
-                                           num_processes=accelerator.num_processes, multiple=bucket_multiple(config, vae))
+    dataset, dataloader = run.train_data(config, accelerator, config.vae_train_batch_size, bucket_multiple(config, vae))
     if dry_run:
         accelerator.print(
             f"dry run: {len(dataset)} examples, VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters, "
@@ -161,7 +159,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
             f"Saved the VAE to {output_dir} (scaling_factor={scaling_factor:.4f}, "
             f"reconstruction L1 on training images={reconstruction_error:.4f})"
         )
-    accelerator.wait_for_everyone()
+    run.wait_for_main_process(accelerator)
     accelerator.end_training()
     return output_dir
 
@@ -170,8 +168,11 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
 def measure_latents(vae: AutoencoderKL, dataset, config, max_examples: int = 1024):
     """1 / std of latent samples over (up to) `max_examples` examples, the mean L1 reconstruction error there, and
     a few original/reconstruction pairs for a picture."""
-    loader, _ = build_train_dataloader(dataset, config, batch_size=64, shuffle=False, augment=False,
-                                       multiple=bucket_multiple(config, vae))
+    if isinstance(dataset, Stream):  # its first rows, in file order
+        loader = StreamLoader(dataset, config, batch_size=64, shuffle=False, augment=False)
+    else:
+        loader, _ = build_train_dataloader(dataset, config, batch_size=64, shuffle=False, augment=False,
+                                           multiple=bucket_multiple(config, vae))
     latents, errors, pairs, seen = [], [], [], 0
     generator = torch.Generator().manual_seed(config.seed)
     for batch in loader:

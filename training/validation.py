@@ -17,7 +17,8 @@ from pipelines import LatentDiffusionPipeline
 
 from . import checkpoint as ckpt
 from .reporting import save_image_grid
-from .run import log_images
+from .run import log_images, wait_for_main_process
+from .sharded import unsharded
 
 EVAL_HISTORY = "eval_history.json"
 
@@ -117,6 +118,7 @@ def generate(pipeline, config, size: tuple[int, int] | None = None) -> list:
 
 def validate(config, accelerator, models: Models, step: int) -> None:
     """Fixed prompts, fixed seed, EMA weights → validation/step-<step>.png (and tensorboard)."""
+    models = unsharded(accelerator, models)  # under FSDP, plain models on the main process (all processes call it)
     if accelerator.is_main_process:
         sizes = [None, *extra_sizes(config)]
         with ema_pipeline(config, accelerator, models) as pipeline:
@@ -126,7 +128,7 @@ def validate(config, accelerator, models: Models, step: int) -> None:
             path = Path(config.output_dir) / "validation" / f"step-{step:06d}{size_suffix(size)}.png"
             grid = save_image_grid(at_size, path, captions=repeat_prompts(config))
             log_images(accelerator, f"validation{size_suffix(size)}", grid, step)
-    accelerator.wait_for_everyone()
+    wait_for_main_process(accelerator)
 
 
 def run_judge(config, accelerator, models: Models, step: int, history: list[dict]) -> None:
@@ -136,6 +138,7 @@ def run_judge(config, accelerator, models: Models, step: int, history: list[dict
     one's) and writes it to eval_history.json. Main process only; the others wait."""
     from .judges.shapes import evaluate_pipeline
 
+    models = unsharded(accelerator, models)
     if accelerator.is_main_process:
         with ema_pipeline(config, accelerator, models) as pipeline:
             metrics = evaluate_pipeline(
@@ -159,7 +162,7 @@ def run_judge(config, accelerator, models: Models, step: int, history: list[dict
         accelerator.print(f"step {step}: shapes judge, all four attributes right: {best:.1%} "
                           f"(guidance {metrics['best_guidance_scale']:g})")  # fmt: skip
         write_eval_history(history, Path(config.output_dir))
-    accelerator.wait_for_everyone()
+    wait_for_main_process(accelerator)
 
 
 def write_eval_history(history: list[dict], output_dir: Path) -> None:
