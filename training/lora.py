@@ -20,9 +20,8 @@ load_lora_weights` alike (pipelines/lora.py checks it fits), and converts to koh
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 import re
 from pathlib import Path
 
