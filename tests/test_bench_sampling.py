@@ -43,6 +43,14 @@ def test_recommendation_is_the_cheapest_within_one_point():
     rows = [{"all": 0.95, "seconds_per_image": 1.0}, {"all": 0.945, "seconds_per_image": 0.2},
             {"all": 0.93, "seconds_per_image": 0.1}]  # fmt: skip
     assert cli.recommend(rows) == rows[1]
+    # Steps are the cost (seconds carry the machine's load); at equal steps the model's own scheduler comes first.
+    rows = [{"scheduler": "euler-ancestral", "steps": 50, "all": 0.935, "seconds_per_image": 0.91},
+            {"scheduler": "ddpm", "steps": 50, "all": 0.935, "seconds_per_image": 1.13},
+            {"scheduler": "ddpm-large", "steps": 100, "all": 0.944, "seconds_per_image": 2.35},
+            {"scheduler": "dpm", "steps": 20, "all": 0.926, "seconds_per_image": 0.28}]  # fmt: skip
+    assert cli.recommend(rows) == rows[1]
+    rows[3]["all"] = 0.940
+    assert cli.recommend(rows) == rows[3]
 
 
 @pytest.mark.parametrize(
