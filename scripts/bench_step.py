@@ -73,8 +73,18 @@ def main(argv: list[str] | None = None) -> None:
 
     from training.bench.step import bench_step
 
+    previous = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    try:
+        measure(args, bench_step)
+    finally:
+        torch.set_num_threads(previous)  # run in-process (the tests), the caller keeps its own thread count
+
+
+def measure(args, bench_step) -> None:
+    import torch
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     diffusers = args.diffusers if args.against is not None else None
     head = "| step | images/s | first step s | peak GPU MiB |" + (" × diffusers' trainer |" if diffusers else "")
@@ -96,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     if diffusers:
         print(f"\n(diffusers' trainer, 1 process, same batch: {diffusers['images_per_s'][0]:.1f} images/s, the median "
               f"of its runs in {args.against})")
+
 
 if __name__ == "__main__":
     main()

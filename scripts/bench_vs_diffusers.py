@@ -195,6 +195,17 @@ def main(argv: list[str] | None = None) -> None:
     args, config = parse_args(argv)
     if args.report_only:
         return report_again(Path(args.output_dir).expanduser().resolve(), argv)
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # this process's own measurements (sampling, the floor)
+    try:
+        return measure(args, config, argv)
+    finally:
+        torch.set_num_threads(previous)  # run in-process (the tests), the caller keeps its own thread count
+
+
+def measure(args, config, argv: list[str]) -> None:
     import accelerate
     import diffusers
     import torch
@@ -204,7 +215,6 @@ def main(argv: list[str] | None = None) -> None:
     from training.bench.diffusers_env import make_venv
     from training.bench.floor import floor as measure_floor
 
-    torch.set_num_threads(args.threads)
     output_dir = Path(args.output_dir).expanduser().resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / MARKER).write_text("made by scripts/bench_vs_diffusers.py; its contents are replaced on a rerun\n")

@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "bench_vs_diffusers.py"
@@ -339,9 +340,17 @@ def test_the_bare_step_runs_eager_on_the_benchmark_parts(built, tmp_path, capsys
     bench_json.write_text(json.dumps({"args": {"batch": 2}, "training": [
         {"tool": "diffusers", "processes": 1, "images_per_s": [4.0, 4.0, 4.0]}]}))  # fmt: skip
     output = tmp_path / "step.json"
-    load_step_script().main(["--model", str(model_dir), "--batch", "2", "--steps", "2", "--warmup", "1",
-                             "--compile", "no", "--threads", "1", "--against", str(bench_json),
-                             "--output", str(output)])  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        load_step_script().main(["--model", str(model_dir), "--batch", "2", "--steps", "2", "--warmup", "1",
+                                 "--compile", "no", "--threads", "1", "--against", str(bench_json),
+                                 "--output", str(output)])  # fmt: skip
+        # Its --threads is for its own run: the caller's thread count comes back (a pytest process left at 1 thread
+        # rounded later in-process images differently from the 2-thread subprocesses they were compared with).
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     (result,) = json.loads(output.read_text())["results"]
     assert result["mode"] == "eager" and result["attention"] == ["AttnProcessor2_0"]  # diffusers' SDPA processor
     assert math.isfinite(result["images_per_s"]) and result["images_per_s"] > 0
