@@ -205,8 +205,9 @@ def test_two_processes_build_the_cache_one_process_reads(tmp_path, rows_per_shar
     from conftest import accelerate_launch
 
     cache = tmp_path / "hf"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    # The script encodes with this process's thread count, so its latents round as the in-process reference's do.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()),
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}  # fmt: skip
     command = [*accelerate_launch(2, 29781 + shards), str(ROOT / "scripts" / "cache_latents.py"), "--config", TINY,
                f"output_dir={tmp_path / 'script'}", f"cache_dir={cache}", "validation_steps=null", *RUN,
                *(["--rows_per_shard", str(rows_per_shard)] if rows_per_shard else [])]  # fmt: skip
@@ -228,8 +229,9 @@ def test_a_cache_killed_midway_builds_only_what_is_missing(tmp_path):
     command = [sys.executable, str(ROOT / "scripts" / "cache_latents.py"), "--config", TINY,
                f"output_dir={tmp_path / 'script'}", f"cache_dir={cache}", "validation_steps=null", *RUN,
                "--rows_per_shard", "4"]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    # The script encodes with this process's thread count, so its latents round as the in-process reference's do.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()),
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}  # fmt: skip
     # SIGKILL right after shard 1 is written (checkpoint.kill_point): shards 0 and 1 complete, no partial file kept.
     killed = subprocess.run(command, capture_output=True, text=True, timeout=300,
                             env={**env, "SCULPT_TEST_KILL_AT": "cache:1"})  # fmt: skip
