@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.cli import OneLineParser  # noqa: E402
+from training.cli import OneLineParser, overrides_of  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -23,11 +23,7 @@ def main(argv=None) -> int:
     parser.add_argument("--verify", action="store_true", help="check every row's CRC, rebuild damaged shards")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     args, rest = parser.parse_known_args(argv)
-    overrides = []
-    for item in rest:
-        if "=" not in item:
-            parser.error(f"unexpected argument {item!r}; settings are given as key=value (or --key=value)")
-        overrides.append(item.removeprefix("--"))
+    overrides = overrides_of(parser, rest)
     if args.rows_per_shard is not None and args.rows_per_shard < 1:
         parser.error(f"--rows_per_shard: {args.rows_per_shard} must be ≥ 1.")
 

@@ -36,12 +36,17 @@ def parse(argv: list[str] | None, description: str):
     parser.add_argument("--dry_run", action="store_true", help="print the resolved config, build models and data, exit")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     args, rest = parser.parse_known_args(argv)
+    return args, overrides_of(parser, rest)
+
+
+def overrides_of(parser: argparse.ArgumentParser, rest: list[str]) -> list[str]:
+    """The `key=value` (or `--key=value`) settings left after `parse_known_args`; anything else is a usage error."""
     overrides = []
     for item in rest:
         if "=" not in item:
             parser.error(f"unexpected argument {item!r}; settings are given as key=value (or --key=value)")
-        overrides.append(item[2:] if item.startswith("--") else item)
-    return args, overrides
+        overrides.append(item.removeprefix("--"))
+    return overrides
 
 
 def run(main, description: str, argv: list[str] | None = None) -> int:
