@@ -219,6 +219,13 @@ class DDPMScheduler(SchedulerMixin, ConfigMixin):
                 step_ratio = T // num_inference_steps
                 schedule = (np.arange(0, num_inference_steps) * step_ratio).round()[::-1].copy().astype(np.int64)
                 schedule += self.config.steps_offset
+                if schedule[0] >= T:  # diffusers' DDPMScheduler fails later, with an IndexError in `step`
+                    raise ValueError(
+                        f"`num_inference_steps`: {num_inference_steps} with 'leading' spacing and `steps_offset`: "
+                        f"{self.config.steps_offset} starts at timestep {schedule[0]}, past the last trained one "
+                        f"({T - 1}); use at most {T - self.config.steps_offset} steps, or "
+                        f"timestep_spacing='trailing'."
+                    )
             else:  # trailing: starts exactly at T-1, which zero-terminal-SNR needs
                 step_ratio = T / num_inference_steps
                 schedule = np.round(np.arange(T, 0, -step_ratio)).astype(np.int64) - 1

@@ -1,7 +1,7 @@
 """More than one machine through accelerate's launcher (issue 14 §3): two launches of one process each, joined over
 loopback as 2 "machines" (gloo on CPU), train bit for bit what one machine with 2 processes trains (slow: three
 2-process launches); and the faults: a machine that never joins ends the launch at the rendezvous timeout, a rank
-killed mid-epoch on one machine stops the other and leaves the last checkpoint intact to resume from."""
+killed mid-epoch on one machine stops the other and leaves the last checkpoint intact to resume from (slow)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ def test_a_machine_that_never_joins_ends_the_launch_at_the_rendezvous_timeout(tm
     assert not out.exists()
 
 
+@pytest.mark.slow  # ~50 s: two 2-machine launches
 def test_a_rank_killed_mid_epoch_on_one_machine_stops_the_other_and_the_last_checkpoint_resumes(tmp_path):
     out, cache = tmp_path / "run", tmp_path / "hf"
     start = time.monotonic()

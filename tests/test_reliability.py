@@ -557,6 +557,21 @@ def test_two_processes_validate_checkpoint_and_save_without_deadlock_and_only_ra
     assert rank1 and all(line.startswith("os.mkdir checkpoint-") and line.endswith(".tmp") for line in rank1), rank1
 
 
+@pytest.mark.slow  # ~1-2 min: two 2-process runs with a long validation
+def test_a_validation_longer_than_ddp_timeout_does_not_time_the_other_rank_out(tmp_path):
+    # Rank 0 validates alone (300 denoising steps, tens of seconds) while rank 1 waits on the main-process barrier,
+    # whose timeout is `main_process_timeout` (2 h), not `ddp_timeout` (here 3 s): the run finishes. The control: the
+    # same run with main_process_timeout=3 stops at that barrier, so validation did outlast ddp_timeout.
+    slow = ("max_train_steps=2", "checkpointing_steps=null", "validation_steps=2", "num_inference_steps=300",
+            "ddp_timeout=3")  # fmt: skip
+    result = launch_two(tmp_path / "run", *slow, port=29563, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "validation" / "step-000002.png").is_file()
+    control = launch_two(tmp_path / "control", *slow, "main_process_timeout=3", port=29564, timeout=300)
+    assert control.returncode != 0 and "timed out" in control.stderr.lower(), control.stderr[-3000:]
+    assert not (tmp_path / "control" / "model_index.json").exists()
+
+
 def test_a_rank_that_dies_ends_the_run_with_a_clear_error_not_a_hang(tmp_path):
     out = tmp_path / "run"
     start = time.monotonic()

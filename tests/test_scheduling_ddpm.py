@@ -178,8 +178,12 @@ def test_trained_betas_match_diffusers():
 def test_set_timesteps_and_previous_timestep_match_diffusers(spacing, num_inference_steps):
     ours = DDPMScheduler(timestep_spacing=spacing, steps_offset=1 if spacing == "leading" else 0)
     theirs = diffusers.DDPMScheduler(timestep_spacing=spacing, steps_offset=1 if spacing == "leading" else 0)
-    ours.set_timesteps(num_inference_steps)
     theirs.set_timesteps(num_inference_steps)
+    if theirs.timesteps[0] >= 1000:  # 1000 'leading' steps + offset 1: a schedule diffusers cannot step, ours refuses
+        with pytest.raises(ValueError, match="past the last trained one"):
+            ours.set_timesteps(num_inference_steps)
+        return
+    ours.set_timesteps(num_inference_steps)
     assert torch.equal(ours.timesteps, theirs.timesteps)
     for t in ours.timesteps[:20]:
         assert int(ours.previous_timestep(t)) == int(theirs.previous_timestep(t))
@@ -350,6 +354,19 @@ def test_constructor_errors(kwargs, match):
 def test_set_timesteps_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DDPMScheduler().set_timesteps(**kwargs)
+
+
+def test_leading_steps_that_pass_the_last_trained_timestep_are_named_before_sampling():
+    # diffusers' DDPMScheduler takes 1,000 'leading' steps with steps_offset=1 and fails in `step` (IndexError on
+    # alphas_cumprod[1000]); ours says so in `set_timesteps`. 999 steps start at 999 in both.
+    scheduler = DDPMScheduler(steps_offset=1, timestep_spacing="leading")
+    with pytest.raises(ValueError, match=r"`num_inference_steps`: 1000 with 'leading' spacing and `steps_offset`: 1 "
+                                         r"starts at timestep 1000, past the last trained one \(999\); use at most 999"):
+        scheduler.set_timesteps(1000)
+    scheduler.set_timesteps(999)
+    theirs = diffusers.DDPMScheduler(steps_offset=1, timestep_spacing="leading")
+    theirs.set_timesteps(999)
+    assert scheduler.timesteps[0] == 999 and torch.equal(scheduler.timesteps, theirs.timesteps)
 
 
 def test_step_errors():
