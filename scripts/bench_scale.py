@@ -34,7 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .`
 
-from training.cli import OneLineParser  # noqa: E402  (torch-free: bad arguments fail first)
+from training.cli import (
+    OneLineParser,  # noqa: E402  (torch-free: bad arguments fail first)
+    check_benchmark_arguments,  # noqa: E402
+)
 from training.cli import fail as _fail  # noqa: E402
 
 PROG = "bench_scale.py"
@@ -98,13 +101,7 @@ def parse_args(argv: list[str] | None = None):
         fail(f"--run_timeout: {args.run_timeout} must be > 0.")
     if min(args.sizes) < args.batch:
         fail(f"--sizes: {min(args.sizes)} images are fewer than one --batch of {args.batch}.")
-    for item in args.overrides:
-        if "=" not in item:
-            fail(f"unexpected argument {item!r}; config settings are given as key=value")
-    output_dir = Path(args.output_dir).expanduser()
-    ours = output_dir.is_dir() and (not any(output_dir.iterdir()) or (output_dir / MARKER).exists())
-    if output_dir.exists() and not ours:
-        fail(f"--output_dir: {args.output_dir} exists and was not made by this benchmark; give a new or empty folder.")
+    output_dir = check_benchmark_arguments(PROG, args.overrides, args.output_dir, MARKER)
     args.output_dir = output_dir.resolve()
 
     from training.bench.parts import from_scratch

@@ -40,7 +40,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .`
 
-from training.cli import OneLineParser  # noqa: E402  (torch-free: bad arguments fail first)
+from training.cli import (
+    OneLineParser,  # noqa: E402  (torch-free: bad arguments fail first)
+    check_benchmark_arguments,  # noqa: E402
+)
 from training.cli import fail as _fail  # noqa: E402
 
 MARKER = ".sculpt-bench"  # in an output_dir this benchmark made, so that it may replace its contents
@@ -116,13 +119,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, objec
                  f"it is the global batch, split evenly over the processes.")  # fmt: skip
     if args.diffusers_python is not None and not os.access(args.diffusers_python, os.X_OK):
         fail(f"--diffusers_python: {args.diffusers_python} is not an executable file.")
-    for item in args.overrides:
-        if "=" not in item:
-            fail(f"unexpected argument {item!r}; config settings are given as key=value")
-    output_dir = Path(args.output_dir).expanduser()
-    ours = output_dir.is_dir() and (not any(output_dir.iterdir()) or (output_dir / MARKER).exists())
-    if output_dir.exists() and not ours:
-        fail(f"--output_dir: {args.output_dir} exists and was not made by this benchmark; give a new or empty folder.")
+    output_dir = check_benchmark_arguments(PROG, args.overrides, args.output_dir, MARKER)
 
     from training.bench.parts import dataset_size, from_scratch
     from training.bench.runs import sculpt_overrides

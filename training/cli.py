@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import USER_ERRORS, TrainingError
 
@@ -20,6 +21,19 @@ def fail(prog: str, message: str, code: int = 2) -> None:
     """A bad argument: one line on stderr, "<prog>: error: <message>", and exit code 2 (1: a run that failed)."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def check_benchmark_arguments(prog: str, overrides: list[str], output_dir: str, marker: str) -> Path:
+    """The checks the benchmark scripts share, each a `fail` line: every override is key=value, and `output_dir` is
+    new, empty, or one this benchmark made (it holds `marker`), so its contents may be replaced. Returns its path."""
+    for item in overrides:
+        if "=" not in item:
+            fail(prog, f"unexpected argument {item!r}; config settings are given as key=value")
+    path = Path(output_dir).expanduser()
+    ours = path.is_dir() and (not any(path.iterdir()) or (path / marker).exists())
+    if path.exists() and not ours:
+        fail(prog, f"--output_dir: {output_dir} exists and was not made by this benchmark; give a new or empty folder.")
+    return path
 
 
 class OneLineParser(argparse.ArgumentParser):
