@@ -1,15 +1,20 @@
-"""The LoRA measurement of docs/lora.md: teach the quickstart shapes model orange (a colour it never saw) with LoRA and
-with full fine-tuning on the same data and budget, then judge both, and the base, with the shapes judge.
+"""The LoRA measurement of docs/lora.md: teach the quickstart shapes model a concept it never saw (the config's: a yellow
+background, configs/lora-shapes.yaml; or orange shapes, configs/lora-shapes-orange.yaml) with LoRA and with full
+fine-tuning on the same data and budget, then judge both, and the base, with the shapes judge.
 
     python scripts/bench_lora.py --base outputs/quickstart/model --out outputs/bench-lora
+    python scripts/bench_lora.py --base outputs/quickstart/model --out outputs/bench-lora-orange \
+        --config configs/lora-shapes-orange.yaml
 
 Steps (each skipped when its output exists, so a rerun after an interruption continues):
-    1. train   LoRA, then full fine-tuning: configs/lora-shapes.yaml as 2 gloo processes (OMP_NUM_THREADS=1 each),
+    1. train   LoRA, then full fine-tuning: --config as 2 gloo processes (OMP_NUM_THREADS=1 each),
                the full run with `training_mode=full` and its own learning rate; wall time and peak memory of each
                (the largest resident set of any of its processes), images/s from the trainer's own log
-    2. judge   the base, the LoRA at scales 0, 0.5, 1, 1.5, and the full fine-tune, on the 18 orange captions and on
-               the 108 original ones, read among the base six colours and orange (a red shape painted orange is
-               wrong); scripts/evaluate.py, two at a time
+    2. judge   the base, the LoRA at scales 0, 0.5, 1, 1.5, and the full fine-tune, on the new concept's captions
+               (those with the config's new colours, `shapes_colors`, or on its new backgrounds,
+               `shapes_backgrounds`) and on the 108 original ones, read among the base values and the new ones (a red
+               shape painted orange, or a gray background painted yellow, is wrong); scripts/evaluate.py, two at a
+               time
     3. report  results.json, results.md (the table docs/lora.md and the README quote) and lora_scale.png
 
 Timings depend on what else the machine runs: the table says how busy it was (the load average before and after).
@@ -32,6 +37,8 @@ from training.cli import OneLineParser  # noqa: E402
 PROG = "bench_lora.py"
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "lora-shapes.yaml"
+BASE_COLORS = "red,green,blue,yellow,purple,cyan"  # training/builtin/shapes.py COLORS, kept torch-free here
+BASE_BACKGROUNDS = "white,black,gray"
 SCALES = (0.0, 0.5, 1.0, 1.5)
 # Runs the command given after it, then prints the peak resident set (kB) and the CPU seconds of its process tree:
 # RUSAGE_CHILDREN of a process that waited for its children covers all their descendants (Linux): ru_maxrss is the
@@ -45,6 +52,8 @@ PEAK = "import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); " 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--base", required=True, help="the quickstart model folder (scripts/quickstart.sh)")
+    parser.add_argument("--config", default=str(CONFIG), help="the LoRA config whose shapes_colors / "
+                        "shapes_backgrounds name the concept (default: configs/lora-shapes.yaml)")  # fmt: skip
     parser.add_argument("--out", default="outputs/bench-lora", help="where runs, judgements and the table go")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps of both runs (default: the config's)")
     parser.add_argument("--lora_lr", type=float, default=None, help="default: the config's learning_rate")
@@ -63,7 +72,26 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{flag}: {getattr(args, flag)} must be >= 1.")
     if not (Path(args.base) / "model_index.json").is_file():
         parser.error(f"--base: {args.base} has no model_index.json; train the quickstart model first.")
+    args.config = Path(args.config).resolve()
+    if not args.config.is_file():
+        parser.error(f"--config: no such file: {args.config}")
+    args.concept = concept(args.config)
+    if not (args.concept["colors"] or args.concept["backgrounds"]):
+        parser.error(f"--config: {args.config} names no new colour (shapes_colors) or background (shapes_backgrounds) "
+                     "outside the base grammar, so there is no new concept to measure.")
     return args
+
+
+def concept(config_path: Path) -> dict:
+    """The new values a LoRA config teaches: {"colors", "backgrounds"} outside the base grammar, and a label."""
+    from training.builtin.shapes import NEW_BACKGROUNDS, NEW_COLORS
+    from training.config import load_config
+
+    config = load_config(str(config_path))
+    colors = [c for c in config.shapes_colors if c in NEW_COLORS]
+    backgrounds = [b for b in config.shapes_backgrounds if b in NEW_BACKGROUNDS]
+    label = " and ".join([*colors, *(f"{b} background" for b in backgrounds)])
+    return {"colors": colors, "backgrounds": backgrounds, "label": label}
 
 
 def run(cmd: list[str], log: Path) -> tuple[float, int | None, float | None]:
@@ -109,7 +137,7 @@ def train(args, mode: str, out: Path) -> dict:
         return json.loads(record.read_text())
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(args.port), str(ROOT / "scripts" / "train.py"), "--config", str(CONFIG), *overrides]  # fmt: skip
+              str(args.port), str(ROOT / "scripts" / "train.py"), "--config", str(args.config), *overrides]  # fmt: skip
     load_before = os.getloadavg()[0]
     seconds, peak, cpu = run(launch, out / f"train-{mode}.log")
     from training.config import load_config
@@ -122,7 +150,7 @@ def train(args, mode: str, out: Path) -> dict:
               "batch": config.train_batch_size * 2, "learning_rate": config.learning_rate,
               "trained_parameters": trained, "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
               "command": " ".join(["accelerate launch --multi_gpu --num_processes 2 scripts/train.py --config",
-                                   str(CONFIG.relative_to(ROOT)), *overrides])}  # fmt: skip
+                                   _relative(args.config), *overrides])}  # fmt: skip
     if mode == "lora":
         unet_file = next((Path(args.base) / "unet").glob("*.safetensors"))
         lora_file = run_dir / "pytorch_lora_weights.safetensors"
@@ -130,6 +158,10 @@ def train(args, mode: str, out: Path) -> dict:
                       file_fraction=round(lora_file.stat().st_size / unet_file.stat().st_size, 4))
     record.write_text(json.dumps(result, indent=1))
     return result
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def _trained_parameters(run_dir: Path, mode: str, base: str) -> int:
@@ -151,15 +183,15 @@ def _numel(shape) -> int:
 
 
 def judgements(args, out: Path) -> list[dict]:
-    """(name, model, lora, scale, colors) of every judgement."""
+    """(name, model, lora, scale, concept) of every judgement: on the concept's captions, then on the original ones."""
     jobs = []
-    for colors in ("orange", None):
-        suffix = "orange" if colors else "original"
-        jobs.append({"name": f"base-{suffix}", "model": args.base, "colors": colors})
+    for new in (True, False):
+        suffix = "concept" if new else "original"
+        jobs.append({"name": f"base-{suffix}", "model": args.base, "concept": new})
         for scale in SCALES:
             jobs.append({"name": f"lora{scale:g}-{suffix}", "model": args.base, "lora": str(out / "train-lora"),
-                         "scale": scale, "colors": colors})  # fmt: skip
-        jobs.append({"name": f"full-{suffix}", "model": str(out / "train-full"), "colors": colors})
+                         "scale": scale, "concept": new})  # fmt: skip
+        jobs.append({"name": f"full-{suffix}", "model": str(out / "train-full"), "concept": new})
     return jobs
 
 
@@ -172,13 +204,17 @@ def judge(args, out: Path) -> dict[str, dict]:
         while len(running) >= 2:
             running = _reap(running)
         if not (folder / "eval.json").is_file():
+            new = args.concept
             cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), job["model"], "--output_dir", str(folder),
-                   "--per_caption", str(args.per_caption if job.get("colors") else args.original_per_caption
+                   "--per_caption", str(args.per_caption if job["concept"] else args.original_per_caption
                                         or args.per_caption),
-                   "--guidance", args.guidance if job.get("colors") else args.original_guidance or args.guidance,
-                   "--palette", "red,green,blue,yellow,purple,cyan,orange"]  # fmt: skip
-            if job.get("colors"):
-                cmd += ["--colors", job["colors"]]
+                   "--guidance", args.guidance if job["concept"] else args.original_guidance or args.guidance,
+                   "--palette", ",".join([BASE_COLORS, *new["colors"]]),
+                   "--background_palette", ",".join([BASE_BACKGROUNDS, *new["backgrounds"]])]  # fmt: skip
+            if job["concept"] and new["colors"]:
+                cmd += ["--colors", ",".join(new["colors"])]
+            if job["concept"] and new["backgrounds"]:
+                cmd += ["--backgrounds", ",".join(new["backgrounds"])]
             if job.get("lora"):
                 cmd += ["--lora", job["lora"], "--lora_scale", f"{job['scale']:g}"]
             job["command"] = " ".join(["python", *[str(Path(c).relative_to(ROOT)) if c.startswith(str(ROOT)) else c
@@ -211,30 +247,32 @@ def _reap(running):
     return still
 
 
-def report(out: Path, trained: dict, judged: dict) -> str:
+def report(out: Path, trained: dict, judged: dict, concept: dict) -> str:
     """results.md: the table, with the commands that produced each number; and the lora_scale plot."""
     def best(name, key="all"):
         return judged[name]["best"][key]
 
-    lines = ["| model | orange captions: all four (colour) | 108 original captions: all four | change vs base | "
-             "trained parameters | file |", "| --- | --- | --- | --- | --- | --- |"]
+    label, key_attribute = concept["label"], "color" if concept["colors"] else "background"
+    lines = [f"| model | {label} captions: all four ({_ATTRIBUTE[key_attribute]}) | 108 original captions: all four | "
+             "change vs base | trained parameters | file |", "| --- | --- | --- | --- | --- | --- |"]
     base_all = best("base-original")
     rows = [("base (quickstart)", "base", None), ("LoRA (scale 1)", "lora1", trained["lora"]),
             ("full fine-tuning", "full", trained["full"])]
-    for label, key, train_record in rows:
+    for name, key, train_record in rows:
         size = ""
         if key == "lora1":
             size = f"{train_record['file_bytes'] / 1024:.0f} kB ({train_record['file_fraction']:.1%} of the UNet)"
         elif key == "full":
             size = f"{next((out / 'train-full' / 'unet').glob('*.safetensors')).stat().st_size / 1024:.0f} kB"
         params = f"{train_record['trained_parameters']:,}" if train_record else "-"
-        lines.append(f"| {label} | {best(f'{key}-orange'):.3f} ({best(f'{key}-orange', 'color'):.3f}) | "
+        lines.append(f"| {name} | {best(f'{key}-concept'):.3f} ({best(f'{key}-concept', key_attribute):.3f}) | "
                      f"{best(f'{key}-original'):.3f} | {100 * (best(f'{key}-original') - base_all):+.1f} points | "
                      f"{params} | {size} |")
-    lines += ["", "| LoRA scale | orange: all four | orange: colour | original: all four |", "| --- | --- | --- | --- |"]
+    lines += ["", f"| LoRA scale | {label}: all four | {label}: {_ATTRIBUTE[key_attribute]} | original: all four |",
+              "| --- | --- | --- | --- |"]
     for scale in SCALES:
-        lines.append(f"| {scale:g} | {best(f'lora{scale:g}-orange'):.3f} | {best(f'lora{scale:g}-orange', 'color'):.3f}"
-                     f" | {best(f'lora{scale:g}-original'):.3f} |")
+        lines.append(f"| {scale:g} | {best(f'lora{scale:g}-concept'):.3f} | "
+                     f"{best(f'lora{scale:g}-concept', key_attribute):.3f} | {best(f'lora{scale:g}-original'):.3f} |")
     lines += ["", "| training (2 processes) | images/s | wall time | CPU time / 2 | peak memory per process | "
               "load average |", "| --- | --- | --- | --- | --- | --- |"]
     for mode in ("lora", "full"):
@@ -247,21 +285,24 @@ def report(out: Path, trained: dict, judged: dict) -> str:
     lines += [f"- {name}: `{judged[name]['command']}`" for name in judged]
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
-    _plot(out, judged)
+    _plot(out, judged, label, key_attribute)
     return text
 
 
-def _plot(out: Path, judged: dict) -> None:
+_ATTRIBUTE = {"color": "colour", "background": "background"}
+
+
+def _plot(out: Path, judged: dict, label: str, key_attribute: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=100)
-    for suffix, key, label, style in (("orange", "all", "orange captions: all four", "o-"),
-                                      ("orange", "color", "orange captions: colour", "s--"),
-                                      ("original", "all", "108 original captions: all four", "^-")):  # fmt: skip
-        ax.plot(SCALES, [judged[f"lora{s:g}-{suffix}"]["best"][key] for s in SCALES], style, label=label)
+    for suffix, key, name, style in (("concept", "all", f"{label} captions: all four", "o-"),
+                                     ("concept", key_attribute, f"{label} captions: {_ATTRIBUTE[key_attribute]}", "s--"),
+                                     ("original", "all", "108 original captions: all four", "^-")):  # fmt: skip
+        ax.plot(SCALES, [judged[f"lora{s:g}-{suffix}"]["best"][key] for s in SCALES], style, label=name)
     ax.axhline(judged["base-original"]["best"]["all"], color="gray", linestyle=":", label="base, original captions")
     ax.set_xlabel("lora_scale (cross_attention_kwargs['scale'])")
     ax.set_ylabel("accuracy at the best guidance scale")
@@ -269,7 +310,7 @@ def _plot(out: Path, judged: dict) -> None:
     ax.set_xticks(SCALES)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center right")
-    ax.set_title("LoRA strength: the new colour against what the base knew", fontsize=9)
+    ax.set_title(f"LoRA strength: the new {label} against what the base knew", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "lora_scale.png")
     plt.close(fig)
@@ -281,8 +322,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     trained = {mode: train(args, mode, out) for mode in ("lora", "full")}
     judged = judge(args, out)
-    (out / "results.json").write_text(json.dumps({"train": trained, "judge": judged}, indent=1))
-    print(report(out, trained, judged))
+    (out / "results.json").write_text(json.dumps({"train": trained, "judge": judged, "concept": args.concept,
+                                                  "config": _relative(args.config)}, indent=1))
+    print(report(out, trained, judged, args.concept))
     return 0
 
 

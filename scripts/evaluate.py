@@ -7,10 +7,11 @@
     emoji    colour accuracy on the emoji whose name holds one colour word, and nearest-reference retrieval (top-1 /
              top-5 among every caption's real image)
 
-    python scripts/evaluate.py outputs/quickstart/model --lora outputs/lora-orange --colors orange --output_dir e
+    python scripts/evaluate.py outputs/quickstart/model --lora outputs/lora-yellow --backgrounds yellow --output_dir eval_yellow
 
 --colors judges the captions of other colours (e.g. orange, which the base grammar lacks: training/builtin/shapes.py);
-the reader then chooses among the base six and those, or among --palette. --lora loads LoRA weights on the model
+the reader then chooses among the base six and those, or among --palette. --backgrounds does the same for the
+captions' backgrounds (e.g. yellow), read among the base three and those. --lora loads LoRA weights on the model
 first, at strength --lora_scale.
 
     python scripts/evaluate.py outputs/quickstart/model --guidance 1,2,3,5 --steps 50 --per_caption 2
@@ -77,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--colors", default=None, help="comma-separated caption colours (default: the base six)")
     parser.add_argument("--palette", default=None, help="comma-separated colours the reader picks from (default: the "
                         "base six and --colors)")
+    parser.add_argument("--backgrounds", default=None, help="comma-separated caption backgrounds (default: the base "
+                        "three; the reader picks among those three and these)")
+    parser.add_argument("--background_palette", default=None, help="comma-separated backgrounds the reader picks "
+                        "from (default: the base three and --backgrounds)")
     parser.add_argument("--lora", default=None, help="LoRA weights to load on the model first (folder or file)")
     parser.add_argument("--lora_scale", type=float, default=None, help="the LoRA's strength (default 1)")
     args = parser.parse_args(argv)
@@ -93,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              ("--num_captions", args.num_captions, 1)):  # fmt: skip
         if value < low:
             fail(f"{flag}: {value} must be >= {low}.")
-    from training.builtin.shapes import check_colors  # torch-free
+    from training.builtin.shapes import ALL_COLORS, check_backgrounds, check_colors  # torch-free
 
     for flag in ("colors", "palette"):
         if getattr(args, flag) is not None:
@@ -101,6 +106,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 setattr(args, flag, check_colors([c.strip() for c in getattr(args, flag).split(",")], flag))
             except ValueError as error:
                 fail(str(error).replace(f"`{flag}`", f"--{flag}"))
+    if args.backgrounds is not None:
+        try:
+            args.backgrounds = check_backgrounds([b.strip() for b in args.backgrounds.split(",")], args.colors)
+        except ValueError as error:
+            fail(str(error).replace("`backgrounds`", "--backgrounds"))
+    if args.background_palette is not None:
+        try:
+            args.background_palette = check_backgrounds([b.strip() for b in args.background_palette.split(",")],
+                                                        ALL_COLORS, "background_palette")  # fmt: skip
+        except ValueError as error:
+            fail(str(error).replace("`background_palette`", "--background_palette"))
     if args.lora_scale is not None and args.lora is None:
         fail("--lora_scale needs --lora: it scales the LoRA weights that --lora loads.")
     if args.lora is not None and not Path(args.lora).expanduser().exists():
@@ -117,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  f"judge reads; pass --dataset {'|'.join(DATASETS)} to judge it as one of those.")
         args.dataset = recorded
     if args.dataset != "shapes":
-        for flag in ("colors", "palette", "lora_scale"):
+        for flag in ("colors", "palette", "backgrounds", "background_palette", "lora_scale"):
             if getattr(args, flag) is not None:
                 fail(f"--{flag}: only the shapes judge takes it (this is the {args.dataset} judge).")
     return args
@@ -164,7 +180,8 @@ def judge_shapes(pipe, args) -> list[Path]:
     call_kwargs = {"cross_attention_kwargs": {"scale": args.lora_scale}} if args.lora_scale is not None else None
     evaluation = run_evaluation(
         pipe, args.guidance, args.per_caption, args.steps, args.scheduler, args.seed, args.batch_size, strict=True,
-        colors=args.colors, palette=args.palette, call_kwargs=call_kwargs,
+        colors=args.colors, palette=args.palette, call_kwargs=call_kwargs, backgrounds=args.backgrounds,
+        background_palette=args.background_palette,
     )
     model_name = str(args.model) + (f" + LoRA {args.lora}" if args.lora else "") + (
         f" at scale {args.lora_scale:g}" if args.lora_scale is not None else "")

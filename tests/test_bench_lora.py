@@ -29,3 +29,25 @@ def test_a_base_without_a_pipeline_is_named(tmp_path):
     result = subprocess.run([sys.executable, SCRIPT, "--base", str(tmp_path)], capture_output=True, text=True,
                             timeout=60)  # fmt: skip
     assert result.returncode == 2 and "--base:" in result.stderr and "model_index.json" in result.stderr
+
+
+def test_a_config_without_a_new_concept_is_named(tmp_path):
+    """configs/shapes.yaml teaches nothing outside the base grammar: nothing to measure, said before any training."""
+    (tmp_path / "model_index.json").write_text("{}")
+    result = subprocess.run([sys.executable, SCRIPT, "--base", str(tmp_path), "--out", str(tmp_path / "out"),
+                             "--config", str(ROOT / "configs" / "shapes.yaml")], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 2 and "--config:" in result.stderr and "names no new colour" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_concepts_of_the_shipped_configs():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_lora", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.concept(ROOT / "configs" / "lora-shapes.yaml") == {
+        "colors": [], "backgrounds": ["yellow"], "label": "yellow background"}
+    assert module.concept(ROOT / "configs" / "lora-shapes-orange.yaml") == {
+        "colors": ["orange"], "backgrounds": [], "label": "orange"}

@@ -136,3 +136,47 @@ def test_new_colors_draw_every_shape_in_them_and_keep_the_rest_of_the_grammar():
     for bad in (("pink",), ("orange", "orange"), ()):
         with pytest.raises(ValueError, match=r"^`colors`: .* must be distinct names from red, green, .*, orange"):
             make_shapes_dataset(4, 32, 0, bad)
+
+
+# ---- backgrounds outside the base grammar (`backgrounds`, for adapters to learn) -------------------------------------
+def test_the_base_dataset_is_unchanged_with_the_base_backgrounds_named():
+    from training.builtin.shapes import BACKGROUNDS
+
+    before = "b986560723c8ccc2262e750cd0961fd147840d1cb19c41f6266bef98ab139db2"  # as above: before either option
+    assert _digest(make_shapes_dataset(300, 32, 0, None, tuple(BACKGROUNDS))) == before
+
+
+def test_a_new_background_is_drawn_and_a_shape_never_in_its_background_colour():
+    import numpy as np
+
+    from training.builtin.shapes import ALL_BACKGROUNDS, ALL_COLORS, COLORS
+
+    mixed = make_shapes_dataset(400, 32, 0, None, ("white", "black", "gray", "yellow"))
+    assert set(mixed["background"]) == {"white", "black", "gray", "yellow"}
+    on_yellow = [i for i, b in enumerate(mixed["background"]) if b == "yellow"]
+    assert 70 <= len(on_yellow) <= 130  # ~1 in 4
+    assert {mixed["color"][i] for i in on_yellow} == set(COLORS) - {"yellow"}  # every other colour, never yellow
+    for index in on_yellow[:40]:
+        image, color = mixed["image"][index], mixed["color"][index]
+        assert mixed["text"][index].endswith("on a yellow background")
+        colours = {tuple(c) for c in np.asarray(image).reshape(-1, 3)}
+        assert colours == {ALL_COLORS[color], ALL_BACKGROUNDS["yellow"]}
+    # The same arguments give the same pixels, and a sample alone is the dataset's.
+    assert _digest(make_shapes_dataset(40, 32, 0, None, ("yellow",))) == _digest(
+        make_shapes_dataset(40, 32, 0, None, ("yellow",)))
+
+
+@pytest.mark.parametrize("colors, backgrounds, match", [
+    (None, ("pink",), r"^`backgrounds`: \['pink'\] must be distinct names from white, black, gray, yellow"),
+    (None, ("gray", "gray"), r"^`backgrounds`: .* must be distinct names"),
+    (None, (), r"^`backgrounds`: \[\] must be distinct names"),
+    (("yellow",), ("yellow",), r"^`backgrounds`: 'yellow' is the only shape colour \['yellow'\]"),
+])  # fmt: skip
+def test_bad_backgrounds_are_named(tmp_path, colors, backgrounds, match):
+    from training.builtin.shapes import shapes_dataset_dir
+
+    with pytest.raises(ValueError, match=match):
+        make_shapes_dataset(4, 32, 0, colors, backgrounds)
+    with pytest.raises(ValueError, match=match):
+        shapes_dataset_dir(tmp_path / "cache", 4, 32, 0, colors, backgrounds)
+    assert not (tmp_path / "cache").exists()  # nothing written

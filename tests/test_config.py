@@ -220,6 +220,8 @@ def test_missing_and_malformed_files(tmp_path):
         (["learning_rate=nan"], r"`learning_rate`: nan must be > 0"),
         (["vae_learning_rate=-1"], r"`vae_learning_rate`: -1\.0 must be > 0"),
         (["cfg_dropout=1.5"], r"`cfg_dropout`: 1\.5 must be in \[0, 1\]"),
+        (["shapes_backgrounds=[white,navy]"], r"`shapes_backgrounds`: \['white', 'navy'\] must be distinct names"),
+        (["shapes_colors=[yellow]", "shapes_backgrounds=[yellow]"], r"`shapes_backgrounds`: 'yellow' is the only"),
         (["cfg_dropout=-0.1"], r"`cfg_dropout`: -0\.1 must be in \[0, 1\]"),
         (["resolution=0"], r"`resolution`: 0 must be > 0"),
         (["resolution=62"], r"`resolution`: 62 must be divisible by the VAE's downsampling factor 4"),

@@ -172,6 +172,9 @@ class TrainConfig:
     # Colours of the built-in shapes (training/builtin/shapes.py): [] → the base grammar's six; e.g. [orange] draws
     # every shape in a colour the base grammar lacks, the concept of docs/lora.md. Also what the judge's captions use.
     shapes_colors: list[str] = field(default_factory=list)
+    # Backgrounds of the built-in shapes: [] → the base three; e.g. [white, black, gray, yellow] mixes in one the base
+    # grammar lacks (a shape is never drawn in its background's colour). Also what the judge's captions use.
+    shapes_backgrounds: list[str] = field(default_factory=list)
     # The built-in emoji dataset (training/builtin/emoji.py, sculpt[emoji]): OpenMoji's artwork ("openmoji") and, where
     # Debian's fonts-noto-color-emoji is installed, Noto's ("noto"), named by Unicode's CLDR short names. Built once
     # at `resolution` into `cache_dir`.
@@ -438,10 +441,11 @@ class TrainConfig:
             _check(getattr(self, key) >= 0, f"`{key}`: {getattr(self, key)} must be ≥ 0.")
         _check(self.instance_prompt is None or bool(self.instance_prompt.strip()),
                "`instance_prompt`: '' is empty; give the caption every training image gets, or none.")
-        if self.shapes_colors:
-            from .builtin.shapes import check_colors
+        if self.shapes_colors or self.shapes_backgrounds:
+            from .builtin.shapes import check_backgrounds, check_colors
 
-            check_colors(self.shapes_colors, "shapes_colors")
+            colors = check_colors(self.shapes_colors or None, "shapes_colors")
+            check_backgrounds(self.shapes_backgrounds or None, colors, "shapes_backgrounds")
 
         # 3. Cross-field checks.
         sources = {k: getattr(self, k) for k in ("dataset_name", "train_data_dir") if getattr(self, k) is not None}

@@ -94,11 +94,12 @@ def load_train_dataset(config: TrainConfig) -> datasets.Dataset:
 
 def _load_source(config: TrainConfig) -> tuple[datasets.Dataset, str]:
     if config.dataset_name == "shapes":  # drawn once into cache_dir, then loaded by every rank and stage
-        colors = config.shapes_colors or None
+        colors, backgrounds = config.shapes_colors or None, config.shapes_backgrounds or None
         folder = shapes_dataset_dir(builtin_cache_dir(config), config.num_shapes_samples, config.resolution,
-                                    config.dataset_seed, colors)  # fmt: skip
-        in_colors = f", colours {', '.join(colors)}" if colors else ""
-        return datasets.load_from_disk(str(folder)), f"the built-in shapes dataset (seed {config.dataset_seed}{in_colors})"
+                                    config.dataset_seed, colors, backgrounds)  # fmt: skip
+        options = (f", colours {', '.join(colors)}" if colors else "") + (
+            f", backgrounds {', '.join(backgrounds)}" if backgrounds else "")
+        return datasets.load_from_disk(str(folder)), f"the built-in shapes dataset (seed {config.dataset_seed}{options})"
     if config.dataset_name in BUILTIN_DATASETS:  # built once into cache_dir as an imagefolder
         folder = builtin_dataset_dir(config)
         loaded = load_imagefolder(folder, config.cache_dir)

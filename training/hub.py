@@ -193,10 +193,12 @@ def _limitations(config: TrainConfig | None, resolution: int | None) -> str:
         items.append(f"It generates {resolution}×{resolution} images. Other sizes run (multiples of the VAE's "
                      "downsampling factor) but were never trained.")
     if config is not None and config.dataset_name == "shapes":
+        colors = list(dict.fromkeys([*COLORS, *config.shapes_colors]))  # an adapter's new values beside the base's
+        backgrounds = list(dict.fromkeys([*BACKGROUNDS, *config.shapes_backgrounds]))
         items.append(
             "It knows only the captions of the shapes dataset: "
-            f"\"{CAPTION_TEMPLATE}\" with size {'/'.join(SIZES)}, colour {'/'.join(COLORS)}, shape "
-            f"{'/'.join(SHAPES)} and background {'/'.join(BACKGROUNDS)}. Any other prompt is outside what it saw; "
+            f"\"{CAPTION_TEMPLATE}\" with size {'/'.join(SIZES)}, colour {'/'.join(colors)}, shape "
+            f"{'/'.join(SHAPES)} and background {'/'.join(backgrounds)}. Any other prompt is outside what it saw; "
             "it draws one shape on a flat background, nothing else."
         )
     elif config is not None:

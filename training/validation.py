@@ -149,6 +149,7 @@ def run_judge(config, accelerator, models: Models, step: int, history: list[dict
                 seed=sampling_seed(config),
                 progress=accelerator.is_local_main_process,
                 colors=config.shapes_colors or None,
+                backgrounds=config.shapes_backgrounds or None,
             )
         # Not metrics["seconds"]: the history must not depend on how busy the machine was.
         history.append({"step": step, "accuracy": metrics["accuracy"],

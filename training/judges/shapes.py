@@ -19,7 +19,9 @@ on blurred, noisy, slightly off-colour generated images, not only on the dataset
 The reader is first proved on images drawn by the dataset itself (`check_reader`), and the scores are per attribute
 and for all four at once. A colour outside the base grammar (`NEW_COLORS`, e.g. orange, for the adapters of
 docs/lora.md) is judged the same way: `colors` picks the captions' colours, and the reader chooses among the base six
-plus those (or an explicit `palette`), so a model that paints red shapes orange is caught, not read as red. `evaluate_pipeline` returns the metrics dict (the training loop can call it at validation
+plus those (or an explicit `palette`), so a model that paints red shapes orange is caught, not read as red. A
+background outside it (`NEW_BACKGROUNDS`, yellow) likewise: `backgrounds` picks the captions' backgrounds, and the
+reader chooses the background among the base three plus those. `evaluate_pipeline` returns the metrics dict (the training loop can call it at validation
 time with an in-memory pipeline); `run_evaluation` also keeps the images and readings, which `write_report` turns
 into eval.json, an accuracy-vs-guidance plot and labelled grids.
 """
@@ -43,6 +45,7 @@ from PIL import Image
 from pipelines.schedulers import SCHEDULERS
 
 from ..builtin.shapes import (
+    ALL_BACKGROUNDS,
     ALL_COLORS,
     BACKGROUNDS,
     CAPTION_TEMPLATE,
@@ -50,6 +53,7 @@ from ..builtin.shapes import (
     SHAPES,
     SIZE_RANGES,
     SIZES,
+    check_backgrounds,
     check_colors,
     make_shapes_sample,
 )
@@ -173,9 +177,22 @@ def reader_palette(colors: Sequence[str] | None = None, palette: Sequence[str] |
     return {name: ALL_COLORS[name] for name in names}
 
 
-def read_shape(image: Image.Image | np.ndarray, palette: dict[str, tuple] | None = None) -> ShapeReading:
+def reader_backgrounds(backgrounds: Sequence[str] | None = None, palette: Sequence[str] | None = None
+                       ) -> dict[str, tuple]:  # fmt: skip
+    """The backgrounds the reader chooses among: `palette` (names of ALL_BACKGROUNDS) when given, else the base three
+    plus the captions' `backgrounds`."""
+    if palette is not None:
+        names = check_backgrounds(palette, ALL_COLORS, "background_palette")
+    else:
+        names = tuple(dict.fromkeys([*BACKGROUNDS, *check_backgrounds(backgrounds, ALL_COLORS)]))
+    return {name: ALL_BACKGROUNDS[name] for name in names}
+
+
+def read_shape(image: Image.Image | np.ndarray, palette: dict[str, tuple] | None = None,
+               backgrounds: dict[str, tuple] | None = None) -> ShapeReading:  # fmt: skip
     """Read background, size, colour and shape off one image (see the module docstring for the steps); the colour
-    is the nearest of `palette` ({name: RGB}, default the base six)."""
+    is the nearest of `palette` ({name: RGB}, default the base six), the background the nearest of `backgrounds`
+    (default the base three)."""
     pixels = as_rgb_array(image, allow_gray=False)  # the shapes are told apart by colour
     height, width = pixels.shape[:2]
 
@@ -186,7 +203,7 @@ def read_shape(image: Image.Image | np.ndarray, palette: dict[str, tuple] | None
     near = np.linalg.norm(border - background_rgb, axis=-1) <= CANDIDATE_THRESHOLD
     if near.any():
         background_rgb = np.median(border[near], axis=0)
-    background = _nearest(BACKGROUNDS, background_rgb)
+    background = _nearest(backgrounds or BACKGROUNDS, background_rgb)
 
     # 2. Candidate shape pixels, cleaned to the one largest blob: decoder speckles are small blobs of their own.
     distance = np.linalg.norm(pixels - background_rgb, axis=-1)
@@ -235,13 +252,18 @@ def read_shape(image: Image.Image | np.ndarray, palette: dict[str, tuple] | None
 # ---- the captions, and scoring readings against them -----------------------------------------------------------------
 
 
-def shapes_captions(colors: Sequence[str] | None = None) -> list[dict[str, str]]:
+def shapes_captions(colors: Sequence[str] | None = None, backgrounds: Sequence[str] | None = None
+                    ) -> list[dict[str, str]]:  # fmt: skip
     """Every caption of the shapes grammar with its attributes, {"text", "size", "color", "shape", "background"}, in
     a fixed order: sizes, then colours, shapes and backgrounds (the last varying fastest); 108 of them, or 18 per
-    colour of `colors` (None → the base six)."""
+    colour of `colors` (None → the base six) on `backgrounds` (None → the base three), never a shape in its
+    background's colour (30 captions on yellow alone)."""
     captions = []
-    for values in itertools.product(SIZES, check_colors(colors), SHAPES, BACKGROUNDS):
+    colors = check_colors(colors)
+    for values in itertools.product(SIZES, colors, SHAPES, check_backgrounds(backgrounds, colors)):
         attributes = dict(zip(ATTRIBUTES, values))
+        if attributes["color"] == attributes["background"]:
+            continue
         captions.append({"text": CAPTION_TEMPLATE.format(**attributes), **attributes})
     return captions
 
@@ -255,33 +277,47 @@ def score(readings: Sequence[ShapeReading], expected: Sequence[dict[str, str]]) 
 
 
 def check_reader(resolution: int, num_images: int = 1000, seed: int = 1, colors: Sequence[str] | None = None,
-                 palette: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
+                 palette: Sequence[str] | None = None, backgrounds: Sequence[str] | None = None,
+                 background_palette: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The reader's accuracy on `num_images` images drawn by the dataset itself (`make_shapes_sample`, indices
     0..num_images-1, each with its own generator from (seed, index)) at `resolution`, in `colors` and read with
-    `reader_palette(colors, palette)`: it must be ≥ READER_TARGET for the judge's scores to mean anything.
-    {"resolution", "num_images", "seed", "accuracy": score(...)} (and "colors", "palette" when not the base six)."""
+    `reader_palette(colors, palette)`, on `backgrounds` read among `reader_backgrounds(backgrounds,
+    background_palette)`: it must be
+    ≥ READER_TARGET for the judge's scores to mean anything. {"resolution", "num_images", "seed", "accuracy":
+    score(...)} (and "colors", "palette" when not the base six; "backgrounds" when not the base three)."""
     if num_images < 1:
         raise ValueError(f"`num_images`: {num_images} must be ≥ 1.")
     names = tuple(reader_palette(colors, palette))
-    return copy.deepcopy(_check_reader(resolution, num_images, seed, check_colors(colors), names))
+    colors = check_colors(colors)
+    backgrounds = check_backgrounds(backgrounds, colors)
+    reads = tuple(reader_backgrounds(backgrounds, background_palette))
+    return copy.deepcopy(_check_reader(resolution, num_images, seed, colors, names, backgrounds, reads))
 
 
 @functools.lru_cache(maxsize=8)  # the training loop evaluates at one resolution many times
-def _check_reader(resolution: int, num_images: int, seed: int, colors: tuple, names: tuple) -> dict[str, Any]:
-    samples = [make_shapes_sample(index, resolution, seed, colors) for index in range(num_images)]
-    palette = reader_palette(palette=names)
-    accuracy = score([read_shape(image, palette) for image, _ in samples], [attributes for _, attributes in samples])
+def _check_reader(resolution: int, num_images: int, seed: int, colors: tuple, names: tuple,
+                  backgrounds: tuple, reads: tuple) -> dict[str, Any]:  # fmt: skip
+    samples = [make_shapes_sample(index, resolution, seed, colors, backgrounds) for index in range(num_images)]
+    palette, background_palette = reader_palette(palette=names), reader_backgrounds(palette=reads)
+    accuracy = score([read_shape(image, palette, background_palette) for image, _ in samples],
+                     [attributes for _, attributes in samples])  # fmt: skip
     return {"resolution": resolution, "num_images": num_images, "seed": seed, "accuracy": accuracy,
-            **_palette_entry(colors, names)}  # fmt: skip
+            **_palette_entry(colors, names, backgrounds, reads)}  # fmt: skip
 
 
-def _palette_entry(colors: tuple, names: tuple) -> dict[str, list[str]]:
-    """{"colors", "palette"} for a record, when they are not the base grammar's (older records had neither)."""
-    return {} if colors == names == tuple(COLORS) else {"colors": list(colors), "palette": list(names)}
+def _palette_entry(colors: tuple, names: tuple, backgrounds: tuple = tuple(BACKGROUNDS),
+                   reads: tuple = tuple(BACKGROUNDS)) -> dict[str, list[str]]:  # fmt: skip
+    """{"colors", "palette"} for a record, when they are not the base grammar's (older records had neither), and
+    {"backgrounds", "background_palette"} likewise."""
+    entry = {} if colors == names == tuple(COLORS) else {"colors": list(colors), "palette": list(names)}
+    if backgrounds == reads == tuple(BACKGROUNDS):
+        return entry
+    return {**entry, "backgrounds": list(backgrounds), "background_palette": list(reads)}
 
 
 def check_autoencoder(pipeline, num_images: int = 216, seed: int = 1, colors: Sequence[str] | None = None,
-                      palette: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
+                      palette: Sequence[str] | None = None, backgrounds: Sequence[str] | None = None,
+                      background_palette: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The reader's accuracy on `num_images` dataset images (in `colors`) after a round trip through the pipeline's
     VAE (encode, take the posterior mode, decode): the most a model can score with this decoder, however good its
     UNet. A low ceiling says the autoencoder, not the diffusion model, loses the attribute. Same dict as
@@ -290,12 +326,14 @@ def check_autoencoder(pipeline, num_images: int = 216, seed: int = 1, colors: Se
         raise ValueError(f"`num_images`: {num_images} must be ≥ 1.")
     resolution = pipeline.default_height_width()[1]
     colors, names = check_colors(colors), tuple(reader_palette(colors, palette))
-    samples = [make_shapes_sample(index, resolution, seed, colors) for index in range(num_images)]
+    backgrounds = check_backgrounds(backgrounds, colors)
+    reads = reader_backgrounds(backgrounds, background_palette)
+    samples = [make_shapes_sample(index, resolution, seed, colors, backgrounds) for index in range(num_images)]
     decoded = vae_round_trip(pipeline, [image for image, _ in samples], batch_size=108)
-    readings = [read_shape(image, reader_palette(palette=names)) for image in decoded]
+    readings = [read_shape(image, reader_palette(palette=names), reads) for image in decoded]
     accuracy = score(readings, [attributes for _, attributes in samples])
     return {"resolution": resolution, "num_images": num_images, "seed": seed, "accuracy": accuracy,
-            **_palette_entry(colors, names)}  # fmt: skip
+            **_palette_entry(colors, names, backgrounds, tuple(reads))}  # fmt: skip
 
 
 # ---- generating and judging ------------------------------------------------------------------------------------------
@@ -338,6 +376,8 @@ def run_evaluation(
     colors: Sequence[str] | None = None,
     palette: Sequence[str] | None = None,
     call_kwargs: dict[str, Any] | None = None,
+    backgrounds: Sequence[str] | None = None,
+    background_palette: Sequence[str] | None = None,
 ) -> Evaluation:
     """Generate every caption `per_caption` times at each guidance scale with `pipeline` (a `LatentDiffusionPipeline`
     at its training resolution), read the images and score them. See `evaluate_pipeline` for the arguments.
@@ -353,11 +393,14 @@ def run_evaluation(
         guidance_scales, per_caption, num_inference_steps, scheduler, seed, batch_size, reader_images
     )
     colors, names = check_colors(colors), tuple(reader_palette(colors, palette))
+    backgrounds = check_backgrounds(backgrounds, colors)
+    reads = tuple(reader_backgrounds(backgrounds, background_palette))
     if call_kwargs is not None and not isinstance(call_kwargs, dict):
         raise ValueError(f"`call_kwargs`: {call_kwargs!r} must be a dict of pipeline arguments.")
     width = square_resolution(pipeline, "shapes")
     start = time.perf_counter()
-    reader = check_reader(width, reader_images, colors=colors, palette=names)
+    reader = check_reader(width, reader_images, colors=colors, palette=names, backgrounds=backgrounds,
+                          background_palette=reads)
     if reader["accuracy"]["all"] < READER_TARGET:
         message = (
             f"At {width} px the reader gets only {reader['accuracy']['all']:.1%} of {reader_images} dataset images "
@@ -367,9 +410,10 @@ def run_evaluation(
             raise ValueError(f"`pipeline`: {message}")
         logger.warning(message)
 
-    autoencoder = check_autoencoder(pipeline, colors=colors, palette=names)
+    autoencoder = check_autoencoder(pipeline, colors=colors, palette=names, backgrounds=backgrounds,
+                                    background_palette=reads)
 
-    captions = shapes_captions(colors)
+    captions = shapes_captions(colors, backgrounds)
     expected = [caption for caption in captions for _ in range(per_caption)]
     prompts = [caption["text"] for caption in expected]
     generation_start = time.perf_counter()
@@ -380,7 +424,8 @@ def run_evaluation(
     evaluation = Evaluation(metrics={}, expected=expected, images=images)
     accuracy = {}
     for scale in scales:
-        evaluation.readings[scale] = [read_shape(image, reader_palette(palette=names)) for image in images[scale]]
+        evaluation.readings[scale] = [read_shape(image, reader_palette(palette=names), reader_backgrounds(palette=reads))
+                                      for image in images[scale]]  # fmt: skip
         accuracy[guidance_key(scale)] = score(evaluation.readings[scale], expected)
 
     best = best_guidance_scale(scales, accuracy, key="all")
@@ -400,7 +445,7 @@ def run_evaluation(
             "resolution": width,
             "num_captions": len(captions),
             "num_images": len(prompts) * len(scales),
-            **_palette_entry(colors, names),
+            **_palette_entry(colors, names, backgrounds, reads),
             **({"call_kwargs": {k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, dict))}}
                if call_kwargs else {}),
         },
@@ -424,6 +469,8 @@ def evaluate_pipeline(
     colors: Sequence[str] | None = None,
     palette: Sequence[str] | None = None,
     call_kwargs: dict[str, Any] | None = None,
+    backgrounds: Sequence[str] | None = None,
+    background_palette: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """How well `pipeline` draws what it is told: the metrics dict that eval.json holds.
 
@@ -446,6 +493,10 @@ def evaluate_pipeline(
         palette: the colours the reader chooses among; None → the base six plus `colors`.
         call_kwargs: more arguments for every pipeline call, e.g. {"cross_attention_kwargs": {"scale": 0.5}} (a
             LoRA's strength).
+        backgrounds: the captions' backgrounds (names of `training.builtin.shapes.ALL_BACKGROUNDS`; None → the base
+            three), e.g. ("yellow",) for the 30 captions of a new background; the reader chooses the background among
+            the base three plus these.
+        background_palette: the backgrounds the reader chooses among; None → the base three plus `backgrounds`.
 
     Returns:
         {"accuracy": {"<scale>": {"size", "color", "shape", "background", "all"}}, "best_guidance_scale",
@@ -455,7 +506,7 @@ def evaluate_pipeline(
     """
     return run_evaluation(
         pipeline, guidance_scales, per_caption, num_inference_steps, scheduler, seed, batch_size, reader_images,
-        progress, strict, colors, palette, call_kwargs,
+        progress, strict, colors, palette, call_kwargs, backgrounds, background_palette,
     ).metrics  # fmt: skip
 
 
@@ -513,13 +564,14 @@ def labelled_grid(
     from PIL import ImageDraw, ImageFont
 
     colors = list(dict.fromkeys(caption["color"] for caption in expected))  # the captions' colours, in order
-    per_caption = len(images) // len(shapes_captions(colors))
+    backgrounds = list(dict.fromkeys(caption["background"] for caption in expected))
+    per_caption = len(images) // len({caption["text"] for caption in expected})
     font = ImageFont.load_default()
     side = images[0].width * max(1, math.ceil(96 / images[0].width))
     pad, label_h, head_w, head_h, title_h = 3, 26, 64, 28, 34
     cell_w, cell_h = side + 2 * pad + 4, side + 2 * pad + label_h
     columns = [(size, color) for size in SIZES for color in colors]
-    rows = [(shape, background) for shape in SHAPES for background in BACKGROUNDS]
+    rows = [(shape, background) for shape in SHAPES for background in backgrounds]
     grid = Image.new("RGB", (head_w + len(columns) * cell_w, title_h + head_h + len(rows) * cell_h), "white")
     draw = ImageDraw.Draw(grid)
     draw.text((4, 2), title, fill="black", font=font)
