@@ -1,7 +1,7 @@
 """Convert a LoRA file between diffusers' layout (what sculpt's training and diffusers' scripts write, what
 `load_lora_weights` reads) and kohya's (what A1111, ComfyUI and kohya sd-scripts read).
 
-    python scripts/export_lora.py outputs/lora-orange --format kohya --out orange_kohya.safetensors
+    python scripts/export_lora.py outputs/lora-yellow --format kohya --out yellow_kohya.safetensors
     python scripts/export_lora.py some_kohya_lora.safetensors --format diffusers --out lora_folder --base MODEL
 
 SOURCE is a .safetensors file or a folder holding pytorch_lora_weights.safetensors. kohya's file stores each layer's

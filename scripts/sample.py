@@ -3,8 +3,8 @@
     python scripts/sample.py outputs/run --prompt "a red circle" --num_images 4 --out samples/grid.png
     python scripts/sample.py outputs/run --prompt "a blue square" --image in.png --strength 0.6 --out edit.png
     python scripts/sample.py outputs/run --prompt "a green circle" --image in.png --mask mask.png --out fill.png
-    python scripts/sample.py outputs/quickstart/model --lora outputs/lora-orange --lora_scale 0.8 \
-        --prompt "a large orange circle on a white background" --out orange.png
+    python scripts/sample.py outputs/quickstart/model --lora outputs/lora-yellow --lora_scale 0.8 \
+        --prompt "a large red circle on a yellow background" --out yellow.png
 
 --lora loads LoRA weights (a folder with pytorch_lora_weights.safetensors, a .safetensors file in diffusers' or kohya's
 layout, or a Hub id) on top of MODEL; --lora_scale sets their strength for this run (0 is MODEL alone).
