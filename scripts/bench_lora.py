@@ -37,8 +37,6 @@ from training.cli import OneLineParser  # noqa: E402
 PROG = "bench_lora.py"
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "lora-shapes.yaml"
-BASE_COLORS = "red,green,blue,yellow,purple,cyan"  # training/builtin/shapes.py COLORS, kept torch-free here
-BASE_BACKGROUNDS = "white,black,gray"
 SCALES = (0.0, 0.5, 1.0, 1.5)
 # Runs the command given after it, then prints the peak resident set (kB) and the CPU seconds of its process tree:
 # RUSAGE_CHILDREN of a process that waited for its children covers all their descendants (Linux): ru_maxrss is the
@@ -197,6 +195,8 @@ def judgements(args, out: Path) -> list[dict]:
 
 def judge(args, out: Path) -> dict[str, dict]:
     """Every judgement, two processes at a time (skipped when its eval.json exists)."""
+    from training.builtin.shapes import BACKGROUNDS, COLORS
+
     running, results = [], {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     for job in judgements(args, out):
@@ -209,8 +209,8 @@ def judge(args, out: Path) -> dict[str, dict]:
                    "--per_caption", str(args.per_caption if job["concept"] else args.original_per_caption
                                         or args.per_caption),
                    "--guidance", args.guidance if job["concept"] else args.original_guidance or args.guidance,
-                   "--palette", ",".join([BASE_COLORS, *new["colors"]]),
-                   "--background_palette", ",".join([BASE_BACKGROUNDS, *new["backgrounds"]])]  # fmt: skip
+                   "--palette", ",".join([*COLORS, *new["colors"]]),
+                   "--background_palette", ",".join([*BACKGROUNDS, *new["backgrounds"]])]  # fmt: skip
             if job["concept"] and new["colors"]:
                 cmd += ["--colors", ",".join(new["colors"])]
             if job["concept"] and new["backgrounds"]:

@@ -100,23 +100,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             fail(f"{flag}: {value} must be >= {low}.")
     from training.builtin.shapes import ALL_COLORS, check_backgrounds, check_colors  # torch-free
 
-    for flag in ("colors", "palette"):
+    checks = {  # in this order: --backgrounds is checked against the colours --colors left
+        "colors": lambda names: check_colors(names, "colors"),
+        "palette": lambda names: check_colors(names, "palette"),
+        "backgrounds": lambda names: check_backgrounds(names, args.colors),
+        "background_palette": lambda names: check_backgrounds(names, ALL_COLORS, "background_palette"),
+    }
+    for flag, check in checks.items():
         if getattr(args, flag) is not None:
             try:
-                setattr(args, flag, check_colors([c.strip() for c in getattr(args, flag).split(",")], flag))
+                setattr(args, flag, check([name.strip() for name in getattr(args, flag).split(",")]))
             except ValueError as error:
                 fail(str(error).replace(f"`{flag}`", f"--{flag}"))
-    if args.backgrounds is not None:
-        try:
-            args.backgrounds = check_backgrounds([b.strip() for b in args.backgrounds.split(",")], args.colors)
-        except ValueError as error:
-            fail(str(error).replace("`backgrounds`", "--backgrounds"))
-    if args.background_palette is not None:
-        try:
-            args.background_palette = check_backgrounds([b.strip() for b in args.background_palette.split(",")],
-                                                        ALL_COLORS, "background_palette")  # fmt: skip
-        except ValueError as error:
-            fail(str(error).replace("`background_palette`", "--background_palette"))
     if args.lora_scale is not None and args.lora is None:
         fail("--lora_scale needs --lora: it scales the LoRA weights that --lora loads.")
     if args.lora is not None and not Path(args.lora).expanduser().exists():

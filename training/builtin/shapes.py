@@ -55,28 +55,28 @@ def _extent_range(size: str, resolution: int) -> tuple[int, int]:
     return int(np.ceil(low * resolution)), int(np.floor(high * resolution))
 
 
+def _check_names(values, known: dict, base: dict, key: str, base_label: str) -> tuple[str, ...]:
+    """`values` as a tuple of distinct names of `known` (the base grammar's `base` and the new ones); None → `base`."""
+    if values is None:
+        return tuple(base)
+    values = tuple(values)
+    unknown = [v for v in values if v not in known]
+    if not values or unknown or len(set(values)) != len(values):
+        new = ", ".join(name for name in known if name not in base)
+        raise ValueError(f"`{key}`: {list(values)!r} must be distinct names from {', '.join(known)} (the base "
+                         f"{base_label} and {new}).")
+    return values
+
+
 def check_colors(colors, key: str = "colors") -> tuple[str, ...]:
     """The colour names `colors` as a tuple, each one of ALL_COLORS, without repeats; None → the base six."""
-    if colors is None:
-        return tuple(COLORS)
-    colors = tuple(colors)
-    unknown = [c for c in colors if c not in ALL_COLORS]
-    if not colors or unknown or len(set(colors)) != len(colors):
-        raise ValueError(f"`{key}`: {list(colors)!r} must be distinct names from {', '.join(ALL_COLORS)} (the base "
-                         f"six and {', '.join(NEW_COLORS)}).")
-    return colors
+    return _check_names(colors, ALL_COLORS, COLORS, key, "six")
 
 
 def check_backgrounds(backgrounds, colors=None, key: str = "backgrounds") -> tuple[str, ...]:
     """The background names `backgrounds` as a tuple, each one of ALL_BACKGROUNDS, without repeats, and each leaving
     at least one of `colors` (check_colors) to draw on it; None → the base three."""
-    if backgrounds is None:
-        return tuple(BACKGROUNDS)
-    backgrounds = tuple(backgrounds)
-    unknown = [b for b in backgrounds if b not in ALL_BACKGROUNDS]
-    if not backgrounds or unknown or len(set(backgrounds)) != len(backgrounds):
-        raise ValueError(f"`{key}`: {list(backgrounds)!r} must be distinct names from {', '.join(ALL_BACKGROUNDS)} "
-                         f"(the base three and {', '.join(NEW_BACKGROUNDS)}).")
+    backgrounds = _check_names(backgrounds, ALL_BACKGROUNDS, BACKGROUNDS, key, "three")
     names = check_colors(colors)
     for background in backgrounds:
         if set(names) <= {background}:

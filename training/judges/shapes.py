@@ -330,7 +330,8 @@ def check_autoencoder(pipeline, num_images: int = 216, seed: int = 1, colors: Se
     reads = reader_backgrounds(backgrounds, background_palette)
     samples = [make_shapes_sample(index, resolution, seed, colors, backgrounds) for index in range(num_images)]
     decoded = vae_round_trip(pipeline, [image for image, _ in samples], batch_size=108)
-    readings = [read_shape(image, reader_palette(palette=names), reads) for image in decoded]
+    color_palette = reader_palette(palette=names)
+    readings = [read_shape(image, color_palette, reads) for image in decoded]
     accuracy = score(readings, [attributes for _, attributes in samples])
     return {"resolution": resolution, "num_images": num_images, "seed": seed, "accuracy": accuracy,
             **_palette_entry(colors, names, backgrounds, tuple(reads))}  # fmt: skip
@@ -423,9 +424,9 @@ def run_evaluation(
     generation_seconds = time.perf_counter() - generation_start
     evaluation = Evaluation(metrics={}, expected=expected, images=images)
     accuracy = {}
+    color_palette, background_reads = reader_palette(palette=names), reader_backgrounds(palette=reads)
     for scale in scales:
-        evaluation.readings[scale] = [read_shape(image, reader_palette(palette=names), reader_backgrounds(palette=reads))
-                                      for image in images[scale]]  # fmt: skip
+        evaluation.readings[scale] = [read_shape(image, color_palette, background_reads) for image in images[scale]]
         accuracy[guidance_key(scale)] = score(evaluation.readings[scale], expected)
 
     best = best_guidance_scale(scales, accuracy, key="all")
