@@ -131,6 +131,49 @@ def test_the_base_stays_frozen(base, tmp_path, partial_state):
     assert all(torch.equal(v, original[k]) for k, v in unet.state_dict().items())
 
 
+def test_conv_targets_write_one_layout_that_loads_whole_in_both_pipelines(base, tmp_path):
+    """Attention projections plus ResNet convs: diffusers' converter would rename only the projections, and diffusers'
+    loader, choosing one layout by the first key, would then drop half of the adapters. The file keeps one layout."""
+    from diffusers import StableDiffusionPipeline
+
+    from pipelines import LatentDiffusionPipeline
+
+    main(lora_config(tmp_path / "run", base, "max_train_steps=2", "learning_rate=1e-2", "use_ema=false",
+                     "lora_target_modules=[to_q,to_k,to_v,to_out.0,conv1]"))  # fmt: skip
+    weights = load_file(tmp_path / "run" / "pytorch_lora_weights.safetensors")
+    assert all(".lora_A." in k or ".lora_B." in k for k in weights), sorted(weights)[:4]
+    assert any(".conv1." in k for k in weights) and any(".to_q." in k for k in weights)
+    ours = LatentDiffusionPipeline.from_pretrained(base)
+    ours.load_lora_weights(tmp_path / "run")
+    sd = StableDiffusionPipeline(**LatentDiffusionPipeline.from_pretrained(base).components, safety_checker=None,
+                                 feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    sd.load_lora_weights(tmp_path / "run")
+    for pipe in (ours, sd):  # every adapter of the file is in the UNet: 2 tensors per adapted layer
+        adapted = {n.rsplit(".", 1)[0] for n, _ in pipe.unet.named_modules() if n.endswith(".lora_A")}
+        assert 2 * len(adapted) == len(weights) and any(n.endswith("conv1") for n in adapted)
+    np.testing.assert_allclose(sample(sd), sample(ours), atol=1e-6)
+
+
+def test_a_file_mixing_two_layouts_is_refused_by_name(base, tmp_path):
+    """A file with `to_q.lora.down` beside `conv1.lora_A` (as earlier sculpt versions wrote for conv targets) would
+    lose half its layers in diffusers' loader; sculpt names the two layouts instead of loading part of it."""
+    from safetensors.torch import save_file
+
+    from pipelines import LatentDiffusionPipeline
+
+    main(lora_config(tmp_path / "run", base, "max_train_steps=1", "use_ema=false",
+                     "lora_target_modules=[to_q,conv1]"))  # fmt: skip
+    weights = load_file(tmp_path / "run" / "pytorch_lora_weights.safetensors")
+    mixed = {k.replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up.") if ".to_q." in k else k: v
+             for k, v in weights.items()}  # fmt: skip
+    (tmp_path / "mixed").mkdir()
+    save_file(mixed, str(tmp_path / "mixed" / "pytorch_lora_weights.safetensors"))
+    pipe = LatentDiffusionPipeline.from_pretrained(base)
+    with pytest.raises(ValueError, match=r"mixes two layouts in its unet weights.*lora_A.*lora\.down"):
+        pipe.load_lora_weights(tmp_path / "mixed")
+    assert not any(n.endswith(".lora_A") for n, _ in pipe.unet.named_modules())  # nothing half-loaded
+
+
 def test_text_encoder_adapters_train_and_load(base, tmp_path):
     from pipelines import LatentDiffusionPipeline
 

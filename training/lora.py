@@ -141,13 +141,24 @@ def cast_adapters(models, dtype: torch.dtype) -> None:
 
 
 def adapter_layers(unet, text_encoder, with_text_encoder: bool) -> dict[str, dict[str, torch.Tensor]]:
-    """The adapters' tensors in diffusers' format, {"unet": ..., "text_encoder": ...} (the latter only when trained)."""
+    """The adapters' tensors in diffusers' format, {"unet": ..., "text_encoder": ...} (the latter only when trained).
+
+    `convert_state_dict_to_diffusers` renames only the attention projections (`to_q.lora_A` → `to_q.lora.down`) and
+    leaves conv layers in PEFT's `lora_A` / `lora_B`. diffusers' loader picks one layout from a component's first
+    key, so a file that mixes them (`lora_target_modules` with `conv1`, say) loads only half of its adapters in
+    `StableDiffusionPipeline.load_lora_weights`, with a warning. A component whose conversion would mix them keeps
+    PEFT's layout throughout, which diffusers loads as is."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    layers = {"unet": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))}
+    def one_layout(model):
+        peft_state = get_peft_model_state_dict(model)
+        converted = convert_state_dict_to_diffusers(peft_state)
+        return peft_state if any(".lora_A." in key or ".lora_B." in key for key in converted) else converted
+
+    layers = {"unet": one_layout(unet)}
     if with_text_encoder:
-        layers["text_encoder"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
+        layers["text_encoder"] = one_layout(text_encoder)
     return layers
 
 
