@@ -4,6 +4,15 @@ benchmark's SD-format folder; optionally next to the trainers' rows of that benc
     python scripts/bench_step.py --model outputs/bench_gpu/parts/model [--batch 16] [--steps 15] [--warmup 3] \\
         [--mixed_precision bf16] [--compile no,yes] [--against outputs/bench_gpu/bench.json] [--output step.json]
 
+The candidates of a faster step side by side, interleaved, on any folder with a unet/ (a pipeline folder too):
+
+    python scripts/bench_step.py --model outputs/quickstart/model --batch 32 --threads 1 --compile no \\
+        --mixed_precision no,bf16 --channels_last no,yes --attention sdpa,classic --repeats 3 --profile 5
+
+Every combination of the listed values is one variant; `--repeats` runs all of them that many times, interleaved,
+and the last table gives each variant's median (min–max) and its ratio to the first variant. `--profile N` adds
+torch.profiler's top ops of N more steps of the first variant.
+
 training/bench/step.py says what one step is. Bad arguments print one line to stderr and exit with code 2.
 """
 
@@ -33,23 +42,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (>= 2 with torch.compile)")
-    parser.add_argument("--mixed_precision", choices=("no", "bf16"), default="bf16")
+    parser.add_argument("--mixed_precision", default="bf16", help="no, bf16, or no,bf16")
     parser.add_argument("--compile", default="no,yes", help="which modes: no, yes, or no,yes")
+    parser.add_argument("--channels_last", default="no", help="no, yes, or no,yes")
+    parser.add_argument("--attention", default="sdpa", help="sdpa (diffusers' default processor), classic "
+                        "(AttnProcessor), or sdpa,classic")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved runs of every variant")
+    parser.add_argument("--profile", type=int, default=0, help="steps of the first variant to profile (0: none)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
     parser.add_argument("--against", default=None, help="a bench.json whose 1-process trainer rows to compare with")
     parser.add_argument("--output", default=None, help="also write the results here as JSON")
     args = parser.parse_args(argv)
     if not (Path(args.model) / "unet" / "config.json").is_file():
         fail(f"--model: {args.model} has no unet/config.json; pass an SD-format folder, e.g. <bench>/parts/model.")
-    for flag in ("batch", "steps", "warmup"):
+    for flag in ("batch", "steps", "warmup", "repeats"):
         if getattr(args, flag) < 1:
             fail(f"--{flag}: {getattr(args, flag)} must be >= 1.")
     if args.threads is not None and args.threads < 1:
         fail(f"--threads: {args.threads} must be >= 1.")
-    modes = args.compile.split(",")
-    if not modes or any(mode not in ("no", "yes") for mode in modes) or len(set(modes)) != len(modes):
-        fail(f"--compile: {args.compile!r} must be no, yes or no,yes.")
-    args.compile = [mode == "yes" for mode in modes]
+    if args.profile < 0:
+        fail(f"--profile: {args.profile} must be >= 0 (steps to profile).")
+    args.mixed_precision = choices("mixed_precision", args.mixed_precision, ("no", "bf16"))
+    args.compile = [mode == "yes" for mode in choices("compile", args.compile, ("no", "yes"))]
+    args.channels_last = [mode == "yes" for mode in choices("channels_last", args.channels_last, ("no", "yes"))]
+    args.attention = choices("attention", args.attention, ("sdpa", "classic"))
     if any(args.compile) and args.warmup < 2:
         fail(f"--warmup: {args.warmup} must be >= 2 with torch.compile (the first steps compile).")
     if args.against is not None:
@@ -65,6 +81,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.diffusers is None:
             fail(f"--against: {args.against} has no 1-process row for diffusers' trainer.")
     return args
+
+
+def choices(flag: str, value: str, allowed: tuple[str, str]) -> list[str]:
+    """`value`'s comma-separated entries, each one of `allowed` and none twice; otherwise the one-line error."""
+    entries = value.split(",")
+    if any(entry not in allowed for entry in entries) or len(set(entries)) != len(entries):
+        fail(f"--{flag}: {value!r} must be {allowed[0]}, {allowed[1]} or {allowed[0]},{allowed[1]}.")
+    return entries
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,19 +107,28 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def measure(args, bench_step) -> None:
+    import itertools
+    import statistics
+
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     diffusers = args.diffusers if args.against is not None else None
+    variants = list(itertools.product(args.mixed_precision, args.compile, args.channels_last, args.attention))
     head = "| step | images/s | first step s | peak GPU MiB |" + (" × diffusers' trainer |" if diffusers else "")
-    print(f"### The bare UNet step ({device}, batch {args.batch}, {args.mixed_precision}, fused AdamW, "
+    precision = args.mixed_precision[0] if len(args.mixed_precision) == 1 else "/".join(args.mixed_precision)
+    print(f"### The bare UNet step ({device}, batch {args.batch}, {precision}, fused AdamW, "
           f"{args.warmup} warm-up + {args.steps} timed steps)\n\n{head}\n|" + " --- |" * (head.count("|") - 1))
     results = []
-    for compiled in args.compile:  # each row is printed and saved as soon as it is measured
-        result = bench_step(args.model, args.batch, args.steps, args.warmup, args.mixed_precision, compiled, device)
-        results.append(result)
-        line = (f"| bare step, {result['mode']} ({', '.join(result['attention'])}) | {result['images_per_s']:.1f} | "
-                f"{result['first_step_s']:.1f} | {result['peak_gpu_mib']:.0f} |")  # fmt: skip
+    for repeat, (mixed, compiled, channels_last, attention) in itertools.product(range(args.repeats), variants):
+        profile = args.profile if repeat == 0 and not results else 0  # the first variant's first run
+        result = bench_step(args.model, args.batch, args.steps, args.warmup, mixed, compiled, device,
+                            channels_last=channels_last, attention=attention, profile_steps=profile)  # fmt: skip
+        result["variant"] = label(result, len(args.mixed_precision) > 1)
+        result["repeat"] = repeat
+        results.append(result)  # each row is printed and saved as soon as it is measured
+        line = (f"| {result['variant']}{f', run {repeat + 1}' if args.repeats > 1 else ''} | "
+                f"{result['images_per_s']:.1f} | {result['first_step_s']:.1f} | {result['peak_gpu_mib']:.0f} |")
         if diffusers:
             line += f" {result['images_per_s'] / diffusers['images_per_s'][0]:.2f} |"
         print(line, flush=True)
@@ -103,9 +136,28 @@ def measure(args, bench_step) -> None:
             Path(args.output).write_text(json.dumps({"results": results, "against": args.against}, indent=1))
         if device == "cuda":
             torch.cuda.empty_cache()
+    if args.repeats > 1 or len(variants) > 1:
+        by_variant = {}
+        for result in results:
+            by_variant.setdefault(result["variant"], []).append(result["images_per_s"])
+        first = statistics.median(next(iter(by_variant.values())))
+        print(f"\n| variant | images/s: median (min–max) of {args.repeats} | × the first variant |\n| --- | --- | --- |")
+        for variant, rates in by_variant.items():
+            print(f"| {variant} | {statistics.median(rates):.1f} ({min(rates):.1f}–{max(rates):.1f}) | "
+                  f"{statistics.median(rates) / first:.2f} |")
+    if results and "profile" in results[0]:
+        print(f"\ntorch.profiler, {args.profile} steps of {results[0]['variant']}, by self time:\n\n```\n"
+              f"{results[0]['profile'].rstrip()}\n```")
     if diffusers:
         print(f"\n(diffusers' trainer, 1 process, same batch: {diffusers['images_per_s'][0]:.1f} images/s, the median "
               f"of its runs in {args.against})")
+
+
+def label(result: dict, with_precision: bool) -> str:
+    """"bare step, eager (AttnProcessor2_0)", with the precision and channels_last named when they are not the
+    default row's."""
+    extras = ([result["precision"]] if with_precision else []) + (["channels_last"] if result["channels_last"] else [])
+    return f"bare step, {', '.join([result['mode'], *extras])} ({', '.join(result['attention'])})"
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -360,6 +361,33 @@ def test_the_bare_step_runs_eager_on_the_benchmark_parts(built, tmp_path, capsys
     assert row in capsys.readouterr().out.splitlines()
 
 
+def test_the_step_candidates_run_interleaved_with_a_profile(built, tmp_path, capsys):
+    """Every combination of precision, memory format and attention processor, twice, interleaved; the summary table's
+    ratios are each variant's median over the first's, and the profile names the convolution ops."""
+    model_dir, _ = built
+    output = tmp_path / "step.json"
+    load_step_script().main(["--model", str(model_dir), "--batch", "2", "--steps", "1", "--warmup", "1",
+                             "--compile", "no", "--threads", "1", "--mixed_precision", "no,bf16",
+                             "--channels_last", "no,yes", "--attention", "sdpa,classic", "--repeats", "2",
+                             "--profile", "1", "--output", str(output)])  # fmt: skip
+    results = json.loads(output.read_text())["results"]
+    assert len(results) == 2 * 8 and [r["repeat"] for r in results] == [0] * 8 + [1] * 8
+    variants = [r["variant"] for r in results[:8]]
+    assert variants == [r["variant"] for r in results[8:]] and len(set(variants)) == 8
+    assert variants[0] == "bare step, eager, no (AttnProcessor2_0)"
+    assert "bare step, eager, bf16, channels_last (AttnProcessor)" in variants
+    classic = next(r for r in results if r["attention"] == ["AttnProcessor"])
+    assert classic["variant"].endswith("(AttnProcessor)")
+    assert "convolution" in results[0]["profile"] and all("profile" not in r for r in results[1:])
+    out = capsys.readouterr().out
+    first = statistics.median(r["images_per_s"] for r in results if r["variant"] == variants[0])
+    for variant in variants:
+        rates = [r["images_per_s"] for r in results if r["variant"] == variant]
+        assert (f"| {variant} | {statistics.median(rates):.1f} ({min(rates):.1f}–{max(rates):.1f}) | "
+                f"{statistics.median(rates) / first:.2f} |") in out.splitlines()
+    assert "torch.profiler, 1 steps of bare step, eager, no (AttnProcessor2_0)" in out
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -369,7 +397,11 @@ def test_the_bare_step_runs_eager_on_the_benchmark_parts(built, tmp_path, capsys
         (["--compile", "yes", "--warmup", "1"], "--warmup: 1 must be >= 2 with torch.compile"),
         (["--threads", "0"], "--threads: 0 must be >= 1."),
         (["--against", "/no/such.json"], "--against: cannot read the training rows of /no/such.json"),
-        (["--mixed_precision", "fp16"], "argument --mixed_precision: invalid choice: 'fp16'"),
+        (["--mixed_precision", "fp16"], "--mixed_precision: 'fp16' must be no, bf16 or no,bf16."),
+        (["--channels_last", "yes,yes"], "--channels_last: 'yes,yes' must be no, yes or no,yes."),
+        (["--attention", "flash"], "--attention: 'flash' must be sdpa, classic or sdpa,classic."),
+        (["--repeats", "0"], "--repeats: 0 must be >= 1."),
+        (["--profile", "-1"], "--profile: -1 must be >= 0 (steps to profile)."),
     ],
 )
 def test_bench_step_bad_arguments_are_one_line_and_exit_2(built, capsys, argv, message):

@@ -241,6 +241,7 @@ def test_missing_and_malformed_files(tmp_path):
         (["vae_max_train_steps=0"], r"`vae_max_train_steps`: 0 must be ≥ 1"),
         (["vae_train_batch_size=0"], r"`vae_train_batch_size`: 0 must be ≥ 1"),
         (["mixed_precision=fp32"], r"`mixed_precision`: 'fp32' is not one of 'no', 'fp16', 'bf16'"),
+        (["attention_processor=flash"], r"`attention_processor`: 'flash' is not one of 'sdpa', 'classic'"),
         (["prediction_type=eps"], r"`prediction_type`: 'eps' is not one of 'epsilon', 'v_prediction', 'sample'"),
         (["lr_scheduler=cosine_annealing"], r"`lr_scheduler`: 'cosine_annealing' is not one of 'constant', "
                                             r"'constant_with_warmup', 'linear', 'cosine', 'cosine_with_restarts', "
@@ -435,6 +436,7 @@ def test_resumable_and_stage_keys_come_from_the_fields():
         "instance_prompt", "with_prior_preservation", "class_data_dir", "class_prompts", "num_class_images",
         "class_guidance_scale", "class_num_inference_steps", "prior_loss_weight",
         "latent_cache",  # added with scale-out (issue 14)
+        "attention_processor",  # added with the step candidates (issue 17)
     }  # fmt: skip
     assert RESUMABLE_CHANGES == run_keys | vae_only
     assert DIFFUSION_ONLY_KEYS == diffusion_only

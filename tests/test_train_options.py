@@ -1,6 +1,6 @@
 """Training options that must change what happens, each checked for its effect on configs/tiny.yaml: weight variants,
-TF32, the EMA warmup's inv_gamma/power, bf16 mixed precision, gradient checkpointing, noise offset, zero terminal SNR,
-and the text encoding training shares with the pipeline."""
+TF32, the EMA warmup's inv_gamma/power, bf16 mixed precision, gradient checkpointing, the attention processor, noise
+offset, zero terminal SNR, and the text encoding training shares with the pipeline."""
 
 from __future__ import annotations
 
@@ -119,6 +119,25 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path):
     a, b = (weights(runs[f] / "unet" / "diffusion_pytorch_model.safetensors") for f in ("false", "true"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
     assert losses(runs["false"]) == pytest.approx(losses(runs["true"]), rel=1e-6)
+
+
+def test_classic_attention_processor_trains_the_same_model(tmp_path):
+    """`attention_processor: classic` runs the UNet's attention through AttnProcessor (the same maths as SDPA's), in
+    training and in its validation samples; the saved model is the same up to float rounding and names no processor."""
+    def probe(unet):
+        return tuple(sorted({type(p).__name__ for p in unet.attn_processors.values()}))
+
+    runs = {}
+    for name, cls in (("sdpa", "AttnProcessor2_0"), ("classic", "AttnProcessor")):
+        with Watch(UNet2DConditionModel, probe) as watch:
+            runs[name] = main(tiny(tmp_path / name, f"attention_processor={name}", "max_train_steps=3", *QUIET))
+        assert watch.seen and set(watch.seen) == {(cls,)}
+    a, b = (weights(runs[n] / "unet" / "diffusion_pytorch_model.safetensors") for n in ("sdpa", "classic"))
+    # Adam's normalised updates turn float-rounding differences of near-zero gradients into up to ~lr per step.
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
+    assert losses(runs["sdpa"]) == pytest.approx(losses(runs["classic"]), rel=1e-4)
+    assert json.loads((runs["classic"] / "unet" / "config.json").read_text()) == json.loads(
+        (runs["sdpa"] / "unet" / "config.json").read_text())  # fmt: skip
 
 
 def test_noise_offset_changes_the_loss(tmp_path):

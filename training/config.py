@@ -36,6 +36,7 @@ from .buckets import check_buckets, parse_size
 
 # Vocabularies of the choice-valued keys (checked in `TrainConfig.__post_init__`).
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+ATTENTION_PROCESSORS = ("sdpa", "classic")
 # The names `diffusers.optimization.get_scheduler` accepts without extra arguments (`piecewise_constant` needs
 # `step_rules`, which we don't expose).
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -305,6 +306,11 @@ class TrainConfig:
     # TF32 matmuls on Ampere+ GPUs: faster, slightly less exact; false keeps torch's default
     allow_tf32: bool = _diffusion(False)
     gradient_checkpointing: bool = _run(False)  # recompute UNet activations in backward: less memory, ~25% slower
+    # The UNet's attention kernel while training: "sdpa" is diffusers' default (AttnProcessor2_0, torch's
+    # scaled_dot_product_attention); "classic" is AttnProcessor (baddbmm, softmax, bmm), the same maths. With bf16 on
+    # a CPU that has bf16 units, "classic" is the fast one: SDPA's CPU flash kernel gains nothing from bf16 at these
+    # sizes (docs/performance.md, the step candidates). Training only: the saved model has no processor setting.
+    attention_processor: str = _diffusion("sdpa")
     # Encode each image with the frozen VAE once instead of every step. A cache holds the center crop of each image
     # (so random crops are refused: they would be the same every epoch); in memory one view, on disk both flips.
     cache_latents: bool = _diffusion(False)
@@ -421,6 +427,7 @@ class TrainConfig:
         _check(self.resume_from_checkpoint != "",
                "`resume_from_checkpoint`: '' is empty; use 'latest', a checkpoint path, or none.")
         _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        _check_choice("attention_processor", self.attention_processor, ATTENTION_PROCESSORS)
         _check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         _check_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         _check_choice("image_interpolation_mode", self.image_interpolation_mode, IMAGE_INTERPOLATION_MODES)

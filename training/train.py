@@ -117,6 +117,10 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     text_encoder = load_text_encoder(config, tokenizer)
     vae = freeze(load_vae(config))
     unet = load_unet(config)
+    if config.attention_processor == "classic":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        unet.set_attn_processor(AttnProcessor())
     noise_scheduler = load_noise_scheduler(config)
     check_compatible(config, vae, text_encoder, unet)
     if not config.train_text_encoder:
