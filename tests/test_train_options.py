@@ -110,6 +110,18 @@ def test_bf16_trains_in_bf16_autocast_with_float32_parameters_and_saves_float32(
         assert {t.dtype for t in weights(tmp_path / name).values()} == {torch.float32}, name
 
 
+def test_bf16_on_a_cpu_without_bf16_units_is_warned_about(monkeypatch):
+    """oneDNN's probe decides (mocked here: it is torch's, and this machine may have the units)."""
+    from training.run import cpu_bf16_warning
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert "without bf16 units" in cpu_bf16_warning("bf16", "cpu") and "mixed_precision=no" in cpu_bf16_warning(
+        "bf16", "cpu")  # fmt: skip
+    assert cpu_bf16_warning("no", "cpu") is None and cpu_bf16_warning("bf16", "cuda") is None
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert cpu_bf16_warning("bf16", "cpu") is None
+
+
 def test_gradient_checkpointing_gives_the_same_training(tmp_path):
     runs = {}
     for flag in ("false", "true"):

@@ -56,6 +56,16 @@ logger = get_logger(__name__)
 # ---------------------------------------------------------------------------------------------------------------------
 # Starting a run
 # ---------------------------------------------------------------------------------------------------------------------
+def cpu_bf16_warning(mixed_precision: str, device_type: str) -> str | None:
+    """The warning for bf16 autocast on a CPU without bf16 units (no AVX512-BF16 / AMX: oneDNN's own probe), where
+    bf16 convolutions and matmuls are emulated: ~1 GFLOP/s against ~80 in fp32 on the machines measured
+    (docs/performance.md). None when bf16 is fine or not asked for."""
+    if mixed_precision != "bf16" or device_type != "cpu" or torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
+    return ("mixed_precision: 'bf16' on a CPU without bf16 units (oneDNN reports no AVX512-BF16 / AMX): bf16 "
+            "kernels are emulated here and train tens of times slower than fp32; use mixed_precision=no.")
+
+
 def make_accelerator(config, output_dir: Path, script: str = "scripts/train.py") -> Accelerator:
     """An Accelerator for `config`. It asks for CPU explicitly when there is no GPU: otherwise
     `accelerate launch --multi_gpu` on a CPU machine silently runs N independent single-process trainings
@@ -83,6 +93,9 @@ def make_accelerator(config, output_dir: Path, script: str = "scripts/train.py")
             f"num_processes={accelerator.num_processes}, which changes the effective batch)."
         )
     sharded.enable_fsdp_on_cpu(accelerator, config, script)
+    warning = cpu_bf16_warning(accelerator.mixed_precision, accelerator.device.type)
+    if warning:
+        logger.warning(warning, main_process_only=True)
     if accelerator.num_processes > 1:
         # A gloo group of its own, so its timeout is not `ddp_timeout` (a barrier's timeout is its group's), made now:
         # creating it is itself collective, which would wait `ddp_timeout` for a main process busy validating.
