@@ -156,7 +156,8 @@ def measure(args, bench_step) -> None:
 def label(result: dict, with_precision: bool) -> str:
     """"bare step, eager (AttnProcessor2_0)", with the precision and channels_last named when they are not the
     default row's."""
-    extras = ([result["precision"]] if with_precision else []) + (["channels_last"] if result["channels_last"] else [])
+    precision = {"no": "fp32"}.get(result["precision"], result["precision"])
+    extras = ([precision] if with_precision else []) + (["channels_last"] if result["channels_last"] else [])
     return f"bare step, {', '.join([result['mode'], *extras])} ({', '.join(result['attention'])})"
 
 

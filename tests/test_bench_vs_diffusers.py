@@ -374,7 +374,7 @@ def test_the_step_candidates_run_interleaved_with_a_profile(built, tmp_path, cap
     assert len(results) == 2 * 8 and [r["repeat"] for r in results] == [0] * 8 + [1] * 8
     variants = [r["variant"] for r in results[:8]]
     assert variants == [r["variant"] for r in results[8:]] and len(set(variants)) == 8
-    assert variants[0] == "bare step, eager, no (AttnProcessor2_0)"
+    assert variants[0] == "bare step, eager, fp32 (AttnProcessor2_0)"
     assert "bare step, eager, bf16, channels_last (AttnProcessor)" in variants
     classic = next(r for r in results if r["attention"] == ["AttnProcessor"])
     assert classic["variant"].endswith("(AttnProcessor)")
@@ -385,7 +385,7 @@ def test_the_step_candidates_run_interleaved_with_a_profile(built, tmp_path, cap
         rates = [r["images_per_s"] for r in results if r["variant"] == variant]
         assert (f"| {variant} | {statistics.median(rates):.1f} ({min(rates):.1f}–{max(rates):.1f}) | "
                 f"{statistics.median(rates) / first:.2f} |") in out.splitlines()
-    assert "torch.profiler, 1 steps of bare step, eager, no (AttnProcessor2_0)" in out
+    assert "torch.profiler, 1 steps of bare step, eager, fp32 (AttnProcessor2_0)" in out
 
 
 @pytest.mark.parametrize(
