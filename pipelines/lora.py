@@ -89,9 +89,9 @@ def check_lora_state_dict(state_dict: dict[str, torch.Tensor], components: dict[
             raise ValueError(f"{source}: has LoRA weights for the {name}, and this pipeline has no {name}.")
         if any(".lokr_" in key for key in part):  # LoKr: another adapter layout, left to diffusers' own checks
             continue
-        peft_keys = [key for key in part if ".lora_A." in key or ".lora_B." in key]
+        peft_keys = [key for key in part if layer_and_part(key) is not None]
         if peft_keys and len(peft_keys) < len(part):
-            other = next(key for key in part if key not in set(peft_keys))
+            other = next(key for key in part if layer_and_part(key) is None)
             raise ValueError(
                 f"{source}: mixes two layouts in its {name} weights, PEFT's ({name}.{peft_keys[0]}) and diffusers' "
                 f"older one ({name}.{other}). diffusers' loader reads a component in one layout, chosen by its first "

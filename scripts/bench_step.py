@@ -121,7 +121,7 @@ def measure(args, bench_step) -> None:
           f"{args.warmup} warm-up + {args.steps} timed steps)\n\n{head}\n|" + " --- |" * (head.count("|") - 1))
     results = []
     for repeat, (mixed, compiled, channels_last, attention) in itertools.product(range(args.repeats), variants):
-        profile = args.profile if repeat == 0 and not results else 0  # the first variant's first run
+        profile = 0 if results else args.profile  # the first variant's first run
         result = bench_step(args.model, args.batch, args.steps, args.warmup, mixed, compiled, device,
                             channels_last=channels_last, attention=attention, profile_steps=profile)  # fmt: skip
         result["variant"] = label(result, len(args.mixed_precision) > 1)

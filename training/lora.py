@@ -151,10 +151,12 @@ def adapter_layers(unet, text_encoder, with_text_encoder: bool) -> dict[str, dic
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
+    from pipelines.lora import layer_and_part
+
     def one_layout(model):
         peft_state = get_peft_model_state_dict(model)
         converted = convert_state_dict_to_diffusers(peft_state)
-        return peft_state if any(".lora_A." in key or ".lora_B." in key for key in converted) else converted
+        return peft_state if any(layer_and_part(key) is not None for key in converted) else converted
 
     layers = {"unet": one_layout(unet)}
     if with_text_encoder:

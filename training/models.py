@@ -24,6 +24,7 @@ from pipelines import DDPMScheduler
 from pipelines.latents import vae_scale_factor
 from pipelines.loading import PICKLE_SUFFIXES, SAFE_SUFFIXES, looks_like_path, pickles_of, safetensors_of
 
+from .config import ATTENTION_PROCESSORS
 from .tokenizer import train_clip_tokenizer
 
 logger = get_logger(__name__)
@@ -104,6 +105,17 @@ def load_vae(config) -> AutoencoderKL:
         "That is fine for tests; for real models train one with scripts/train_vae.py and set `pretrained_vae`."
     )
     return AutoencoderKL(**config.vae_config)
+
+
+def set_attention_processor(unet: UNet2DConditionModel, name: str) -> None:
+    """`name` from `ATTENTION_PROCESSORS`: "sdpa" leaves diffusers' default (AttnProcessor2_0), "classic" installs
+    AttnProcessor (baddbmm, softmax, bmm; the same maths)."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    if name not in ATTENTION_PROCESSORS:
+        raise ValueError(f"`attention_processor`: {name!r} is not one of {', '.join(ATTENTION_PROCESSORS)}.")
+    if name == "classic":
+        unet.set_attn_processor(AttnProcessor())
 
 
 def load_unet(config) -> UNet2DConditionModel:

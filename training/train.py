@@ -42,6 +42,7 @@ from .models import (
     load_tokenizer,
     load_unet,
     load_vae,
+    set_attention_processor,
 )
 from .reporting import plot_loss, save_image_grid
 from .streaming import check_resume
@@ -117,10 +118,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     text_encoder = load_text_encoder(config, tokenizer)
     vae = freeze(load_vae(config))
     unet = load_unet(config)
-    if config.attention_processor == "classic":
-        from diffusers.models.attention_processor import AttnProcessor
-
-        unet.set_attn_processor(AttnProcessor())
+    set_attention_processor(unet, config.attention_processor)
     noise_scheduler = load_noise_scheduler(config)
     check_compatible(config, vae, text_encoder, unet)
     if not config.train_text_encoder:

@@ -5,8 +5,8 @@ The UNet comes from the benchmark's SD-format folder; its inputs are precomputed
 off), MSE against the noise, backward, gradient clipping at 1.0, fused AdamW, `zero_grad`. Attention runs through
 diffusers' default processor, which calls `F.scaled_dot_product_attention` (SDPA), or with `attention="classic"`
 through `AttnProcessor` (baddbmm, softmax, bmm); `channels_last` puts the UNet and its input in that memory format.
-No EMA: the trainers' rows carry that cost. Timed over `steps` steps after `warmup` (the first compiled step compiles), with the device synchronised
-at both ends.
+No EMA: the trainers' rows carry that cost. Timed over `steps` steps after `warmup` (the first compiled step
+compiles), with the device synchronised at both ends.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ATTENTIONS = ("sdpa", "classic")
-
 
 def bench_step(model_dir: str | Path, batch: int, steps: int, warmup: int, precision: str, compile: bool,
                device: str, seed: int = 0, channels_last: bool = False, attention: str = "sdpa",
@@ -26,15 +24,13 @@ def bench_step(model_dir: str | Path, batch: int, steps: int, warmup: int, preci
     """{"mode", "images_per_s", "first_step_s", "peak_gpu_mib", "attention", ...} for one configuration; with
     `profile_steps`, also "profile": torch.profiler's table of the top ops by self time over that many more steps."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
-    from diffusers.models.attention_processor import AttnProcessor
     from transformers import CLIPTextConfig
 
-    if attention not in ATTENTIONS:
-        raise ValueError(f"`attention`: {attention!r} is not one of {', '.join(ATTENTIONS)}.")
+    from training.models import set_attention_processor
+
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet").to(device).train()
-    if attention == "classic":
-        unet.set_attn_processor(AttnProcessor())
+    set_attention_processor(unet, attention)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     unet = unet.to(memory_format=memory_format)
     attention = sorted({type(p).__name__ for p in unet.attn_processors.values()})
