@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e .`
 
 
-from training.cli import OneLineParser  # noqa: E402  (torch-free: bad arguments fail first)
+from training.cli import ATTENTION_PROCESSORS, OneLineParser  # noqa: E402  (torch-free: bad arguments fail first)
 from training.cli import fail as _fail  # noqa: E402
 
 PROG = "bench_step.py"
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.mixed_precision = choices("mixed_precision", args.mixed_precision, ("no", "bf16"))
     args.compile = [mode == "yes" for mode in choices("compile", args.compile, ("no", "yes"))]
     args.channels_last = [mode == "yes" for mode in choices("channels_last", args.channels_last, ("no", "yes"))]
-    args.attention = choices("attention", args.attention, ("sdpa", "classic"))
+    args.attention = choices("attention", args.attention, ATTENTION_PROCESSORS)
     if any(args.compile) and args.warmup < 2:
         fail(f"--warmup: {args.warmup} must be >= 2 with torch.compile (the first steps compile).")
     if args.against is not None:

@@ -12,7 +12,9 @@
 --colors judges the captions of other colours (e.g. orange, which the base grammar lacks: training/builtin/shapes.py);
 the reader then chooses among the base six and those, or among --palette. --backgrounds does the same for the
 captions' backgrounds (e.g. yellow), read among the base three and those. --lora loads LoRA weights on the model
-first, at strength --lora_scale.
+first, at strength --lora_scale. Sampling runs as the model trained (its config.yaml's mixed_precision and
+attention_processor: e.g. bf16 autocast with the classic attention processor), unless --mixed_precision or
+--attention_processor say otherwise; eval.json's settings record both.
 
     python scripts/evaluate.py outputs/quickstart/model --guidance 1,2,3,5 --steps 50 --per_caption 2
     python scripts/evaluate.py outputs/digits/model --per_class 20 --inpaint_per_class 10
@@ -34,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e .`
 
 from pipelines.schedulers import SCHEDULERS  # noqa: E402  (torch-free: errors come before imports)
-from training.cli import OneLineParser  # noqa: E402
+from training.cli import ATTENTION_PROCESSORS, MIXED_PRECISIONS, OneLineParser  # noqa: E402
 from training.cli import fail as _fail  # noqa: E402
 
 PROG = "evaluate.py"
@@ -84,6 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "from (default: the base three and --backgrounds)")
     parser.add_argument("--lora", default=None, help="LoRA weights to load on the model first (folder or file)")
     parser.add_argument("--lora_scale", type=float, default=None, help="the LoRA's strength (default 1)")
+    parser.add_argument("--mixed_precision", choices=MIXED_PRECISIONS, default=None, help="sample (and measure the "
+                        "VAE's ceiling) under this autocast; default: the model's training setting (its config.yaml), "
+                        "else no")  # fmt: skip
+    parser.add_argument("--attention_processor", choices=ATTENTION_PROCESSORS, default=None, help="the UNet's "
+                        "attention processor (classic: the one bf16 pays with on CPU); default: the model's training "
+                        "setting, else sdpa")  # fmt: skip
     args = parser.parse_args(argv)
 
     model = Path(args.model).expanduser()
@@ -127,6 +135,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             fail(f"--dataset: MODEL_FOLDER {args.model} learned dataset_name {recorded!r} (its config.yaml), which no "
                  f"judge reads; pass --dataset {'|'.join(DATASETS)} to judge it as one of those.")
         args.dataset = recorded
+    # Sample as the model trained, unless told otherwise: a bf16 + classic-attention run is judged in bf16 too.
+    for flag, vocabulary in (("mixed_precision", MIXED_PRECISIONS), ("attention_processor", ATTENTION_PROCESSORS)):
+        if getattr(args, flag) is None:
+            recorded = (args.record or {}).get(flag)
+            setattr(args, flag, recorded if recorded in vocabulary else vocabulary[0])
     if args.dataset != "shapes":
         for flag in ("colors", "palette", "backgrounds", "background_palette", "lora_scale"):
             if getattr(args, flag) is not None:
@@ -147,6 +160,8 @@ def read_record(model: Path) -> dict | None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    import torch
+
     from pipelines import LatentDiffusionPipeline
 
     try:
@@ -161,11 +176,30 @@ def main(argv: list[str] | None = None) -> None:
                                    **({"weight_name": lora.name} if lora.is_file() else {}))  # fmt: skip
         except (ValueError, OSError, ImportError) as error:
             fail(f"--lora: {' '.join(str(error).split()).replace('`pretrained_model_name_or_path_or_dict`: ', '')}")
+    from training.models import set_attention_processor
+    from training.run import cpu_bf16_warning
+
+    set_attention_processor(pipe.unet, args.attention_processor)
+    warning = cpu_bf16_warning(args.mixed_precision, pipe.device.type)
+    if warning is not None:
+        print(f"{PROG}: warning: {warning.replace('use mixed_precision=no', 'use --mixed_precision no')}", file=sys.stderr)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision)
+    if dtype is not None or args.attention_processor != ATTENTION_PROCESSORS[0]:
+        print(f"sampling in {args.mixed_precision if dtype is not None else 'float32'} with the "
+              f"{args.attention_processor} attention processor")
     try:
-        written = {"shapes": judge_shapes, "digits": judge_digits, "emoji": judge_emoji}[args.dataset](pipe, args)
+        with torch.autocast(pipe.device.type, dtype=dtype, enabled=dtype is not None):
+            written = {"shapes": judge_shapes, "digits": judge_digits, "emoji": judge_emoji}[args.dataset](pipe, args)
     except ValueError as error:  # raised before generating: e.g. a resolution the reader cannot read
         fail(str(error))
     print("wrote " + ", ".join(str(path) for path in written))
+
+
+def record_precision(evaluation, args):
+    """The sampling precision and attention processor go into eval.json's settings, beside the other choices."""
+    evaluation.metrics["settings"].update(mixed_precision=args.mixed_precision,
+                                          attention_processor=args.attention_processor)  # fmt: skip
+    return evaluation
 
 
 def judge_shapes(pipe, args) -> list[Path]:
@@ -180,7 +214,7 @@ def judge_shapes(pipe, args) -> list[Path]:
     )
     model_name = str(args.model) + (f" + LoRA {args.lora}" if args.lora else "") + (
         f" at scale {args.lora_scale:g}" if args.lora_scale is not None else "")
-    written = write_report(evaluation, args.output_dir, model=model_name)
+    written = write_report(record_precision(evaluation, args), args.output_dir, model=model_name)
     metrics, reader = evaluation.metrics, evaluation.metrics["reader"]
     print(f"reader on {reader['num_images']} dataset images at {reader['resolution']} px: "
           f"{reader['accuracy']['all']:.1%}")
@@ -212,7 +246,7 @@ def judge_digits(pipe, args) -> list[Path]:
     use_scheduler(pipe, args.scheduler)
     evaluation = run_digits_evaluation(pipe, args.guidance, args.per_class, args.steps, args.seed,
                                        min(args.batch_size, 100), inpaint_per_class=args.inpaint_per_class)  # fmt: skip
-    written = write_digits_report(evaluation, args.output_dir, model=str(args.model))
+    written = write_digits_report(record_precision(evaluation, args), args.output_dir, model=str(args.model))
     metrics = evaluation.metrics
     classifier = metrics["classifier"]
     print(f"classifier on {classifier['num_images']} held-out digits: {classifier['accuracy']:.1%}"
@@ -250,7 +284,7 @@ def judge_emoji(pipe, args) -> list[Path]:
     use_scheduler(pipe, args.scheduler)
     evaluation = run_emoji_evaluation(pipe, data_dir, args.guidance, args.num_captions, args.steps, args.seed,
                                       min(args.batch_size, 64))  # fmt: skip
-    written = write_emoji_report(evaluation, data_dir, args.output_dir, model=str(args.model))
+    written = write_emoji_report(record_precision(evaluation, args), data_dir, args.output_dir, model=str(args.model))
     metrics = evaluation.metrics
     real, ceiling = metrics["reader"]["color_leave_one_out"], metrics["autoencoder"]
     chance = metrics["best_scores"]["retrieval"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -341,10 +342,12 @@ def test_cli_writes_eval_json_plot_and_grids(model_dir, tmp_path, capsys):
         (["{model}", "--backgrounds", "navy"], "--backgrounds: ['navy'] must be distinct names from white, black"),
         (["{model}", "--colors", "yellow", "--backgrounds", "yellow"], "--backgrounds: 'yellow' is the only shape"),
         (["{model}", "--background_palette", "white,white"], "--background_palette: ['white', 'white'] must be"),
+        (["{model}", "--mixed_precision", "fp8"], "--mixed_precision: invalid choice: 'fp8' (choose from 'no', 'fp16', 'bf16')"),
+        (["{model}", "--attention_processor", "flash"], "--attention_processor: invalid choice: 'flash' (choose from"),
     ],
     ids=["missing", "not_a_pipeline", "guidance_text", "guidance_empty", "guidance_negative", "guidance_repeated",
          "per_caption", "steps", "batch_size", "seed", "scheduler", "per_caption_text", "output_file", "backgrounds",
-         "backgrounds_only_colour", "background_palette"],  # fmt: skip
+         "backgrounds_only_colour", "background_palette", "mixed_precision", "attention_processor"],  # fmt: skip
 )
 def test_cli_bad_arguments_print_one_line_and_exit_2(model_dir, tmp_path, args, message):
     """Checked before torch is imported, so each of these costs a fraction of a second and writes nothing."""
@@ -357,6 +360,29 @@ def test_cli_bad_arguments_print_one_line_and_exit_2(model_dir, tmp_path, args, 
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert result.stderr.startswith("evaluate.py: error: ") and "Traceback" not in result.stderr
     assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith("eval")) == []
+
+
+def test_cli_samples_as_the_model_trained_unless_told_otherwise(model_dir, tmp_path, capsys):
+    """A folder whose training record says bf16 + classic attention is judged in bf16 autocast with AttnProcessor
+    (the grids differ from float32's, eval.json says so); --mixed_precision/--attention_processor override the record,
+    and float32 with diffusers' default processor is what a folder without a record gets."""
+    bf16_model = tmp_path / "bf16_model"
+    shutil.copytree(model_dir, bf16_model)
+    (bf16_model / "config.yaml").write_text("dataset_name: shapes\nmixed_precision: bf16\nattention_processor: classic\n")
+    common = ["--per_caption", "1", "--guidance", "3", "--steps", "2", "--batch_size", "108"]
+    runs = {"recorded": [str(bf16_model)], "overridden": [str(bf16_model), "--mixed_precision", "no",
+            "--attention_processor", "sdpa"], "plain": [str(model_dir)]}  # fmt: skip
+    grids, settings = {}, {}
+    for name, args in runs.items():
+        capsys.readouterr()
+        load_script().main([*args, *common, "--output_dir", str(tmp_path / name)])
+        printed = capsys.readouterr().out
+        assert ("sampling in bf16 with the classic attention processor" in printed) == (name == "recorded")
+        report = json.loads((tmp_path / name / "eval.json").read_text())
+        settings[name] = (report["settings"]["mixed_precision"], report["settings"]["attention_processor"])
+        grids[name] = np.asarray(PIL.Image.open(tmp_path / name / "eval_grid_g3.png").convert("RGB"))
+    assert settings == {"recorded": ("bf16", "classic"), "overridden": ("no", "sdpa"), "plain": ("no", "sdpa")}
+    assert not np.array_equal(grids["recorded"], grids["overridden"])  # bf16 sampling ran: other pixels
 
 
 def test_cli_refuses_a_resolution_the_reader_cannot_read(tmp_path, capsys):

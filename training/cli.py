@@ -16,6 +16,10 @@ from pathlib import Path
 
 from .errors import USER_ERRORS, TrainingError
 
+# Vocabularies that scripts check before importing torch; training.config checks its keys against the same tuples.
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+ATTENTION_PROCESSORS = ("sdpa", "classic")  # diffusers' default AttnProcessor2_0, or AttnProcessor (bf16 on CPU)
+
 
 def fail(prog: str, message: str, code: int = 2) -> None:
     """A bad argument: one line on stderr, "<prog>: error: <message>", and exit code 2 (1: a run that failed)."""

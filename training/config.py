@@ -33,10 +33,9 @@ from pipelines.loading import is_repo_id
 from pipelines.scheduling_ddpm import PREDICTION_TYPES
 
 from .buckets import check_buckets, parse_size
+from .cli import ATTENTION_PROCESSORS, MIXED_PRECISIONS
 
 # Vocabularies of the choice-valued keys (checked in `TrainConfig.__post_init__`).
-MIXED_PRECISIONS = ("no", "fp16", "bf16")
-ATTENTION_PROCESSORS = ("sdpa", "classic")
 # The names `diffusers.optimization.get_scheduler` accepts without extra arguments (`piecewise_constant` needs
 # `step_rules`, which we don't expose).
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
