@@ -198,6 +198,25 @@ def test_two_processes_match_one_process_with_the_combined_batch(tmp_path, cache
         assert abs(h1["loss"] - h2["loss"]) < 1e-5
 
 
+def test_cached_latents_travel_between_processes_in_storages_of_their_own():
+    """What each process sends `gather_object` for the latent cache: a batch's indices, means and stds, pickled at
+    their own size. Sent as per-example views of the VAE's output (as before), every example pickled its whole batch:
+    96× the bytes here, 8 GiB of RSS at 2 processes on 4k images."""
+    import pickle
+
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    from training.train import posterior_rows
+
+    posterior = DiagonalGaussianDistribution(torch.randn(64, 8, 8, 8, generator=torch.Generator().manual_seed(0)))
+    indices, means, stds = posterior_rows(range(64, 128), posterior)
+    assert indices == list(range(64, 128))
+    assert torch.equal(means, posterior.mean) and torch.equal(stds, posterior.std)
+    raw = 2 * 64 * 4 * 8 * 8 * 4  # float32 means and stds
+    assert len(pickle.dumps((indices, means, stds))) < 1.2 * raw
+    assert len(pickle.dumps(list(zip(indices, posterior.mean, posterior.std)))) > 50 * raw  # the old way
+
+
 # ---- output_dir: overwrite, and resuming only the run a checkpoint belongs to ----------------------------------------
 
 

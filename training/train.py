@@ -375,9 +375,19 @@ def cache_latent_distributions(dataset, config, vae, accelerator, weight_dtype) 
     for indices in tqdm(batches, desc="cache latents", disable=not accelerator.is_local_main_process):
         batch = loader.collate_fn([loader.dataset[i] for i in indices])
         posterior = vae.encode(batch["pixel_values"].to(vae.device, weight_dtype)).latent_dist
-        mine += list(zip(batch["indices"], posterior.mean.float().cpu(), posterior.std.float().cpu()))
+        mine.append(posterior_rows(batch["indices"], posterior))
     everything = gather_object(mine) if accelerator.num_processes > 1 else mine
-    return {i: (mean, std) for i, mean, std in everything}
+    return {i: (mean, std) for rows in everything for i, mean, std in zip(*rows)}
+
+
+def posterior_rows(indices, posterior) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """One encoded batch as `gather_object` sends it: its indices and the posterior's mean and std, each tensor in a
+    storage of its own. A tensor pickles with its whole base storage, and mean and std are views of the VAE's one
+    output tensor: sent as per-example views, every example carried its batch (~90× the bytes; at 2 processes on 3,968
+    32-px images, 8 GiB of peak RSS and ~20 s more start-up)."""
+    compact = {"memory_format": torch.contiguous_format}
+    return (list(indices), posterior.mean.float().cpu().clone(**compact),
+            posterior.std.float().cpu().clone(**compact))  # fmt: skip
 
 
 @torch.no_grad()
