@@ -269,6 +269,36 @@ def test_dreambooth_with_prior_preservation(base, tmp_path):
     assert {p.name: p.read_bytes() for p in class_dir.glob("*.png")} == drawn
 
 
+def test_two_processes_share_the_class_images_and_draw_the_same_ones(base, tmp_path):
+    """Each of 2 processes draws its share of the batches of 16 (as diffusers' DreamBooth scripts spread the class
+    images over the processes); image i comes from its own seeded generator in the same batch, so the 40 images and
+    the metadata are those one process draws."""
+    from training.builtin.shapes import make_shapes_sample
+
+    images = tmp_path / "instance"
+    images.mkdir()
+    for index in range(4):
+        make_shapes_sample(index, 32, 0, ("orange",))[0].save(images / f"{index}.png")
+    prior = ["dataset_name=", f"train_data_dir={images}", "train_batch_size=2", "instance_prompt=a sks shape",
+             "with_prior_preservation=true", "num_class_images=40", "class_num_inference_steps=2",
+             "class_prompts=[a small red circle on a white background,a large blue square on a black background,"
+             "a small green triangle on a gray background]", "max_train_steps=1", "use_ema=false", "random_flip=false",
+             "checkpointing_steps=null", "validation_steps=null"]  # fmt: skip
+    main(lora_config(tmp_path / "one", base, *prior))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*accelerate_launch(2, port=29573), str(ROOT / "scripts" / "train.py"), "--config", TINY,
+                             f"output_dir={tmp_path / 'two'}", f"pretrained_model_name_or_path={base}", *LORA, *prior],
+                            capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = tmp_path / "one" / "class_images", tmp_path / "two" / "class_images"
+    drawn = {p.name: p.read_bytes() for p in one.glob("*.png")}
+    assert len(drawn) == 40 and {p.name: p.read_bytes() for p in two.glob("*.png")} == drawn
+    assert (one / "metadata.jsonl").read_text() == (two / "metadata.jsonl").read_text()
+    rows = [json.loads(line) for line in (two / "metadata.jsonl").read_text().splitlines()]
+    assert [row["file_name"] for row in rows] == [f"class-{i:06d}.png" for i in range(40)]
+    assert rows[3]["text"] == rows[0]["text"] == "a small red circle on a white background"
+
+
 def test_prior_batches_pair_training_and_class_images():
     from training.data import EpochSampler
     from training.dreambooth import PriorBatchSampler
@@ -281,6 +311,22 @@ def test_prior_batches_pair_training_and_class_images():
     assert sorted(i for b in batches for i in b[2:]) == list(range(3, 11))  # every class image once per epoch
     with pytest.raises(ValueError, match=r"`train_batch_size`: 9 is larger than both the 3 training and the 8 class"):
         PriorBatchSampler(sampler, num_instance=3, batch_size=9)
+
+
+def test_prior_batches_are_dealt_whole_to_the_processes_of_a_multi_process_run():
+    """accelerate's BatchSamplerShard (what `prepare` wraps the batch sampler in at 2 processes) gives each process
+    whole batches of 2 × batch_size, alternately, the same number each; before, it waited for batches of
+    batch_size, and a process got an empty batch."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    from training.data import EpochSampler
+    from training.dreambooth import PriorBatchSampler
+
+    prior = PriorBatchSampler(EpochSampler(list(range(20 + 22)), seed=0), num_instance=20, batch_size=4)
+    batches = list(prior)
+    assert len(batches) == 5 and all(len(batch) == 8 for batch in batches)
+    shards = [list(BatchSamplerShard(prior, num_processes=2, process_index=rank)) for rank in (0, 1)]
+    assert shards == [batches[0:4:2], batches[1:4:2]]  # the odd fifth batch is dropped: 2 steps of 2 × 8
 
 
 def test_prior_preservation_loss_is_dreambooths():

@@ -44,10 +44,18 @@ def _existing(folder: Path) -> list[dict]:
     return [rows.get(name, {"file_name": name}) for name in files]
 
 
+def class_row(config, index: int) -> dict:
+    """Class image `index`'s metadata row: its file and its prompt, `class_prompts[index % len]`."""
+    return {"file_name": f"class-{index:06d}.png", "text": config.class_prompts[index % len(config.class_prompts)]}
+
+
 @torch.no_grad()
-def draw_class_images(config, folder: Path, start: int, count: int, progress: bool) -> list[dict]:
-    """Draw class images start..start+count-1 with the base model (its parts as training loads them), prompt i being
-    `class_prompts[i % len]`, into `folder`; returns their metadata rows."""
+def draw_class_images(config, folder: Path, start: int, count: int, progress: bool, process_index: int = 0,
+                      num_processes: int = 1) -> None:  # fmt: skip
+    """Draw class images start..start+count-1 with the base model (its parts as training loads them) into `folder`,
+    named and prompted by `class_row`. The batches of 16 are dealt round-robin to `num_processes` processes, this one
+    drawing those of `process_index`; image i comes from the generator seeded (seed, i) in the same batch whatever
+    the number of processes, so the images are the same."""
     from pipelines import LatentDiffusionPipeline
 
     from .data import seeded_generator
@@ -60,33 +68,34 @@ def draw_class_images(config, folder: Path, start: int, count: int, progress: bo
     pipe.set_progress_bar_config(disable=True)
     height, width = pipe.default_height_width()
     folder.mkdir(parents=True, exist_ok=True)
-    rows, batch = [], 16
-    for first in tqdm(range(start, start + count, batch), desc="class images", disable=not progress):
-        indices = list(range(first, min(first + batch, start + count)))
-        prompts = [config.class_prompts[i % len(config.class_prompts)] for i in indices]
-        images = pipe(prompts, num_inference_steps=config.class_num_inference_steps,
+    batch = 16
+    mine = list(range(start, start + count, batch))[process_index::num_processes]
+    for first in tqdm(mine, desc="class images", disable=not progress):
+        rows = [class_row(config, i) for i in range(first, min(first + batch, start + count))]
+        images = pipe([row["text"] for row in rows], num_inference_steps=config.class_num_inference_steps,
                       guidance_scale=config.class_guidance_scale, height=height, width=width,
-                      generator=[seeded_generator(config.seed, i) for i in indices]).images  # fmt: skip
-        for index, prompt, image in zip(indices, prompts, images):
-            name = f"class-{index:06d}.png"
-            image.save(folder / name)
-            rows.append({"file_name": name, "text": prompt})
-    return rows
+                      generator=[seeded_generator(config.seed, first + k) for k in range(len(rows))]).images  # fmt: skip
+        for row, image in zip(rows, images):
+            image.save(folder / row["file_name"])
 
 
 def class_images(config, accelerator):
     """The first `num_class_images` class images of `class_data_dir` as a dataset with `image` and `text` columns
-    (as `data.load_train_dataset` returns), drawing the missing ones with the base model first (main process; the
-    others wait)."""
+    (as `data.load_train_dataset` returns), drawing the missing ones with the base model first (every process its
+    share, as diffusers' DreamBooth scripts do; the main process writes the metadata)."""
     import datasets
 
     folder = class_data_dir(config)
+    rows = _existing(folder)
+    accelerator.wait_for_everyone()  # every process counted the same images before any is drawn
+    missing = config.num_class_images - len(rows)
+    if missing > 0:
+        logger.info(f"Drawing {missing} class images with the base model into {folder}", main_process_only=True)
+        draw_class_images(config, folder, len(rows), missing, accelerator.is_local_main_process,
+                          accelerator.process_index, accelerator.num_processes)  # fmt: skip
+        rows += [class_row(config, i) for i in range(len(rows), config.num_class_images)]
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        rows = _existing(folder)
-        missing = config.num_class_images - len(rows)
-        if missing > 0:
-            logger.info(f"Drawing {missing} class images with the base model into {folder}")
-            rows += draw_class_images(config, folder, len(rows), missing, accelerator.is_local_main_process)
         with open(folder / METADATA, "w") as metadata:
             for row in rows:
                 metadata.write(json.dumps(row) + "\n")
@@ -103,10 +112,16 @@ class PriorBatchSampler(torch.utils.data.Sampler):
     class images: `batch_size` training images, then `batch_size` class images (the loss tells them apart by index).
     An epoch has max(training, class) // batch_size batches, in the order of `sampler`'s permutation (a
     `data.EpochSampler`, which accelerate's `set_epoch` reaches as `.sampler`), the smaller set cycled, as diffusers'
-    DreamBoothDataset pairs index i with instance[i % n] and class[i % m]."""
+    DreamBoothDataset pairs index i with instance[i % n] and class[i % m].
+
+    `batch_size` and `drop_last` are what accelerate's `BatchSamplerShard` reads when it deals the batches to the
+    processes of a multi-process run: the length of a batch as yielded (2 × `batch_size`) and true, so each process
+    gets whole batches and the same number of them. (With the per-set size there, accelerate waited for batches of
+    that length, yielded none in the loop, and gave a process an empty batch at the end.)"""
 
     def __init__(self, sampler, num_instance: int, batch_size: int):
-        self.sampler, self.num_instance, self.batch_size = sampler, num_instance, batch_size
+        self.sampler, self.num_instance, self.per_set = sampler, num_instance, batch_size
+        self.batch_size, self.drop_last = 2 * batch_size, True
         self.num_class = len(sampler) - num_instance
         if num_instance < 1 or self.num_class < 1:
             raise ValueError(f"`with_prior_preservation`: needs training and class images; got {num_instance} and "
@@ -116,14 +131,14 @@ class PriorBatchSampler(torch.utils.data.Sampler):
                              f"the {self.num_class} class images; lower it or add images.")  # fmt: skip
 
     def __len__(self) -> int:
-        return max(self.num_instance, self.num_class) // self.batch_size
+        return max(self.num_instance, self.num_class) // self.per_set
 
     def __iter__(self):
         order = list(self.sampler)
         instance = [i for i in order if i < self.num_instance]
         prior = [i for i in order if i >= self.num_instance]
         for batch in range(len(self)):
-            positions = range(batch * self.batch_size, (batch + 1) * self.batch_size)
+            positions = range(batch * self.per_set, (batch + 1) * self.per_set)
             yield [instance[p % len(instance)] for p in positions] + [prior[p % len(prior)] for p in positions]
 
 
