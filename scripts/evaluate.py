@@ -180,9 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     from training.run import cpu_bf16_warning
 
     set_attention_processor(pipe.unet, args.attention_processor)
-    warning = cpu_bf16_warning(args.mixed_precision, pipe.device.type)
+    warning = cpu_bf16_warning(args.mixed_precision, pipe.device.type, remedy="--mixed_precision no")
     if warning is not None:
-        print(f"{PROG}: warning: {warning.replace('use mixed_precision=no', 'use --mixed_precision no')}", file=sys.stderr)
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision)
     if dtype is not None or args.attention_processor != ATTENTION_PROCESSORS[0]:
         print(f"sampling in {args.mixed_precision if dtype is not None else 'float32'} with the "

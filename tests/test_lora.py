@@ -246,13 +246,19 @@ def test_two_processes_resume_exactly(base, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 # DreamBooth: one caption with a rare token, prior preservation
 # ---------------------------------------------------------------------------------------------------------------------
-def test_dreambooth_with_prior_preservation(base, tmp_path):
+def instance_images(tmp_path: Path) -> Path:
+    """DreamBooth's training images: a plain folder of 4 orange shapes, which the instance prompt captions."""
     from training.builtin.shapes import make_shapes_sample
 
-    images = tmp_path / "instance"  # a plain folder of images: the instance prompt captions them
+    images = tmp_path / "instance"
     images.mkdir()
     for index in range(4):
         make_shapes_sample(index, 32, 0, ("orange",))[0].save(images / f"{index}.png")
+    return images
+
+
+def test_dreambooth_with_prior_preservation(base, tmp_path):
+    images = instance_images(tmp_path)
     config = lora_config(tmp_path / "run", base, "dataset_name=", f"train_data_dir={images}", "train_batch_size=2",
                          "instance_prompt=a sks shape", "with_prior_preservation=true", "num_class_images=6",
                          "class_prompts=[a small red circle on a white background,a large blue square on a black "
@@ -273,12 +279,7 @@ def test_two_processes_share_the_class_images_and_draw_the_same_ones(base, tmp_p
     """Each of 2 processes draws its share of the batches of 16 (as diffusers' DreamBooth scripts spread the class
     images over the processes); image i comes from its own seeded generator in the same batch, so the 40 images and
     the metadata are those one process draws."""
-    from training.builtin.shapes import make_shapes_sample
-
-    images = tmp_path / "instance"
-    images.mkdir()
-    for index in range(4):
-        make_shapes_sample(index, 32, 0, ("orange",))[0].save(images / f"{index}.png")
+    images = instance_images(tmp_path)
     prior = ["dataset_name=", f"train_data_dir={images}", "train_batch_size=2", "instance_prompt=a sks shape",
              "with_prior_preservation=true", "num_class_images=40", "class_num_inference_steps=2",
              "class_prompts=[a small red circle on a white background,a large blue square on a black background,"

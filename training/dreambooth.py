@@ -101,7 +101,7 @@ def class_images(config, accelerator):
                 metadata.write(json.dumps(row) + "\n")
     accelerator.wait_for_everyone()
     rows = _existing(folder)[: config.num_class_images]
-    texts = [row.get("text") or config.class_prompts[i % len(config.class_prompts)] for i, row in enumerate(rows)]
+    texts = [row.get("text") or class_row(config, i)["text"] for i, row in enumerate(rows)]
     features = datasets.Features({"image": datasets.Image(decode=False), "text": datasets.Value("string")})
     return datasets.Dataset.from_dict({"image": [str(folder / row["file_name"]) for row in rows], "text": texts},
                                       features=features)  # fmt: skip

@@ -56,14 +56,14 @@ logger = get_logger(__name__)
 # ---------------------------------------------------------------------------------------------------------------------
 # Starting a run
 # ---------------------------------------------------------------------------------------------------------------------
-def cpu_bf16_warning(mixed_precision: str, device_type: str) -> str | None:
+def cpu_bf16_warning(mixed_precision: str, device_type: str, remedy: str = "mixed_precision=no") -> str | None:
     """The warning for bf16 autocast on a CPU without bf16 units (no AVX512-BF16 / AMX: oneDNN's own probe), where
     bf16 convolutions and matmuls are emulated: ~1 GFLOP/s against ~80 in fp32 on the machines measured
-    (docs/performance.md). None when bf16 is fine or not asked for."""
+    (docs/performance.md). None when bf16 is fine or not asked for; `remedy` is how the caller's user turns it off."""
     if mixed_precision != "bf16" or device_type != "cpu" or torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return None
     return ("mixed_precision: 'bf16' on a CPU without bf16 units (oneDNN reports no AVX512-BF16 / AMX): bf16 "
-            "kernels are emulated here and train tens of times slower than fp32; use mixed_precision=no.")
+            f"kernels are emulated here and train tens of times slower than fp32; use {remedy}.")
 
 
 def make_accelerator(config, output_dir: Path, script: str = "scripts/train.py") -> Accelerator:
