@@ -81,6 +81,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
         run.check_output_dir(config, output_dir, "output_dir", SAVED_RUN_FILES)
     check_sources(config)
     lora.check_lora_config(config)  # with training_mode lora: peft is there, the target modules exist
+    dreambooth.check_class_images(config)  # without class_prompts: class_data_dir holds the captioned images
     if config.push_to_hub:  # token, Hub reachable, namespace writable: known now rather than after training
         hub.check_push(config.hub_model_id)
 
@@ -206,10 +207,12 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     run_settings = ckpt.fingerprint(config, accelerator.num_processes)  # recorded in every checkpoint
     plan = run.EpochPlan.make(len(dataloader), config.gradient_accumulation_steps, config.max_train_steps, global_step)
 
-    total_batch = config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+    # Images per process per micro-step: with prior preservation each training image comes with a class image.
+    per_process = config.train_batch_size * (1 if prior_from is None else 2)
+    total_batch = per_process * accelerator.num_processes * config.gradient_accumulation_steps
     logger.info(
         f"Training {config.max_train_steps} steps: {len(dataset)} examples, {accelerator.num_processes} process(es), "
-        f"batch {config.train_batch_size}/process x {config.gradient_accumulation_steps} accumulation = {total_batch}"
+        f"batch {per_process}/process x {config.gradient_accumulation_steps} accumulation = {total_batch}"
     )
     # From here on SIGINT / SIGTERM finish the step and checkpoint; the previous handlers come back however `main`
     # ends (a return, NonFiniteLossError, CheckpointWriteError, any exception), or Ctrl-C would be swallowed once
