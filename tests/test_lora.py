@@ -6,6 +6,7 @@ input named before anything is written."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -300,6 +301,53 @@ def test_two_processes_share_the_class_images_and_draw_the_same_ones(base, tmp_p
     assert rows[3]["text"] == rows[0]["text"] == "a small red circle on a white background"
 
 
+def captioned_class_images(folder: Path, count: int, seed: int) -> Path:
+    """Real class images ("regularisation images"): an imagefolder of built-in shapes with their own captions."""
+    from training.builtin.shapes import make_shapes_dataset
+    from training.data import write_imagefolder
+
+    return write_imagefolder(make_shapes_dataset(count, 32, seed), folder)
+
+
+def test_real_captioned_class_images_need_no_class_prompts_and_are_only_read(base, tmp_path, caplog):
+    """A class_data_dir that already holds num_class_images captioned images is the prior as it is: nothing is
+    drawn, its files are not touched, and they are what the run trains on (another folder, other weights)."""
+    caplog.set_level(logging.INFO, logger="training.train")
+    images = instance_images(tmp_path)
+    weights = {}
+    for seed in (1, 2):
+        classes = captioned_class_images(tmp_path / f"classes-{seed}", 6, seed)
+        before = {p.name: p.read_bytes() for p in classes.iterdir()}
+        main(lora_config(tmp_path / f"run-{seed}", base, "dataset_name=", f"train_data_dir={images}",
+                         "train_batch_size=2", "instance_prompt=a sks shape", "with_prior_preservation=true",
+                         f"class_data_dir={classes}", "num_class_images=6", "max_train_steps=3", "use_ema=false",
+                         "random_flip=false"))  # fmt: skip
+        assert {p.name: p.read_bytes() for p in classes.iterdir()} == before
+        assert not (tmp_path / f"run-{seed}" / "class_images").exists()
+        assert f"`{classes}`" in (tmp_path / f"run-{seed}" / "README.md").read_text()  # the card names the prior
+        assert "batch 4/process x 1 accumulation = 4" in caplog.text  # 2 training + 2 class images a step
+        weights[seed] = load_file(tmp_path / f"run-{seed}" / "pytorch_lora_weights.safetensors")
+    assert any(not torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda d: None, r"^`class_data_dir`: '.*classes' is not a folder; without `class_prompts` it must hold the 6 "
+                     r"class images"),
+    (lambda d: captioned_class_images(d, 4, 0), r"^`class_data_dir`: '.*classes' holds 4 images \(.png.*\), fewer "
+                                                r"than `num_class_images`: 6; add images"),
+    (lambda d: (captioned_class_images(d, 6, 0), (d / "metadata.jsonl").unlink()),
+     r"^`class_data_dir`: '.*classes' has no caption for 6 of its images \(e\.g\. '000000\.png'\)"),
+])
+def test_class_images_that_cannot_be_drawn_are_named_before_anything_is_written(base, tmp_path, make, match):
+    images, classes = instance_images(tmp_path), tmp_path / "classes"
+    make(classes)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        main(lora_config(tmp_path / "out", base, "dataset_name=", f"train_data_dir={images}", "train_batch_size=2",
+                         "instance_prompt=a sks shape", "with_prior_preservation=true", f"class_data_dir={classes}",
+                         "num_class_images=6"))  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 def test_prior_batches_pair_training_and_class_images():
     from training.data import EpochSampler
     from training.dreambooth import PriorBatchSampler
@@ -354,7 +402,8 @@ def test_prior_preservation_loss_is_dreambooths():
     (["pretrained_model_name_or_path="], r"^`training_mode`: 'lora' adapts a trained model, but the unet, "
                                          r"text_encoder, tokenizer, vae would be built from scratch"),
     (["training_mode=full", "train_text_encoder_lora=true"], r"^`train_text_encoder_lora`: true needs `training_mode`"),
-    (["with_prior_preservation=true"], r"^`with_prior_preservation`: true needs `class_prompts`"),
+    (["with_prior_preservation=true"], r"^`with_prior_preservation`: true needs `class_prompts` \(what the base "
+                                       r"model draws .*\) or a `class_data_dir` of captioned class images"),
     (["lora_target_modules=[]"], r"^`lora_target_modules`: \[\] must be a non-empty list"),
 ])
 def test_bad_lora_settings_are_named_by_the_config(base, tmp_path, overrides, match):

@@ -262,7 +262,9 @@ class TrainConfig:
     instance_prompt: str | None = _diffusion(None)
     # Prior preservation: images of the class drawn by the base model before training (`class_prompts`, cycled,
     # `num_class_images` of them in `class_data_dir`), one per training image in every batch, their loss weighted by
-    # `prior_loss_weight`, so the adapter learns the new thing without forgetting the rest of its class.
+    # `prior_loss_weight`, so the adapter learns the new thing without forgetting the rest of its class. Real images
+    # do it too ("regularisation images"): a `class_data_dir` holding `num_class_images` images with their captions
+    # in metadata.jsonl needs no `class_prompts`, and nothing is drawn.
     with_prior_preservation: bool = _diffusion(False)
     class_prompts: list[str] = _diffusion(factory=list)  # e.g. [a photo of a dog]; DreamBooth's --class_prompt
     class_data_dir: str | None = _diffusion(None)  # None → <output_dir>/class_images; images already there are kept
@@ -574,9 +576,9 @@ class TrainConfig:
                    f"`training_mode`: 'lora' adapts a trained model, but the {', '.join(missing)} would be built from "
                    "scratch; set `pretrained_model_name_or_path` to the base model (a pipeline folder, an SD-format "
                    "folder or a Hub id), or the pretrained_<part> keys.")
-        _check(not (self.with_prior_preservation and not self.class_prompts),
+        _check(not (self.with_prior_preservation and not self.class_prompts and not self.class_data_dir),
                "`with_prior_preservation`: true needs `class_prompts` (what the base model draws for the class "
-               "images, e.g. [a photo of a dog]).")
+               "images, e.g. [a photo of a dog]) or a `class_data_dir` of captioned class images.")
         _check(not (self.class_prompts and not self.with_prior_preservation),
                f"`class_prompts`: {self.class_prompts} are used only with `with_prior_preservation`: true.")
         _check(not (self.with_prior_preservation and not self.is_pretrained("unet")),

@@ -9,7 +9,8 @@ the class as it did (L = L_instance + λ L_prior, Eq. 2; training/loss.py).
 
 The class images are an imagefolder (PNGs + metadata.jsonl with each image's prompt) in `class_data_dir`; images
 already there are kept and counted, so a resumed or repeated run reuses them. Image i is drawn from the generator
-seeded by (seed, i), so the same config draws the same images.
+seeded by (seed, i), so the same config draws the same images. Without `class_prompts` the folder must already hold
+`num_class_images` captioned images, real ones (kohya's "regularisation images"): they are used as they are.
 """
 
 from __future__ import annotations
@@ -79,6 +80,27 @@ def draw_class_images(config, folder: Path, start: int, count: int, progress: bo
             image.save(folder / row["file_name"])
 
 
+def check_class_images(config) -> None:
+    """Without `class_prompts` nothing can be drawn: `class_data_dir` must hold `num_class_images` images, each with
+    its caption in metadata.jsonl. Raises ValueError / FileNotFoundError naming what is missing, before training."""
+    if not config.with_prior_preservation or config.class_prompts:
+        return
+    folder = class_data_dir(config)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"`class_data_dir`: {str(folder)!r} is not a folder; without `class_prompts` it must "
+                                f"hold the {config.num_class_images} class images (`num_class_images`).")  # fmt: skip
+    rows = _existing(folder)[: config.num_class_images]
+    if len(rows) < config.num_class_images:
+        raise ValueError(f"`class_data_dir`: {str(folder)!r} holds {len(rows)} images ({', '.join(IMAGE_SUFFIXES)}), "
+                         f"fewer than `num_class_images`: {config.num_class_images}; add images, lower "
+                         "num_class_images, or give `class_prompts` for the base model to draw the rest.")  # fmt: skip
+    uncaptioned = [row["file_name"] for row in rows if not row.get("text")]
+    if uncaptioned:
+        raise ValueError(f"`class_data_dir`: {str(folder)!r} has no caption for {len(uncaptioned)} of its images "
+                         f"(e.g. {uncaptioned[0]!r}); give each a line {{\"file_name\": ..., \"text\": ...}} in "
+                         f"{METADATA}, or `class_prompts`.")  # fmt: skip
+
+
 def class_images(config, accelerator):
     """The first `num_class_images` class images of `class_data_dir` as a dataset with `image` and `text` columns
     (as `data.load_train_dataset` returns), drawing the missing ones with the base model first (every process its
@@ -95,11 +117,11 @@ def class_images(config, accelerator):
                           accelerator.process_index, accelerator.num_processes)  # fmt: skip
         rows += [class_row(config, i) for i in range(len(rows), config.num_class_images)]
         accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with open(folder / METADATA, "w") as metadata:
-            for row in rows:
-                metadata.write(json.dumps(row) + "\n")
-    accelerator.wait_for_everyone()
+        if accelerator.is_main_process:  # a folder of the user's own, complete, is only read
+            with open(folder / METADATA, "w") as metadata:
+                for row in rows:
+                    metadata.write(json.dumps(row) + "\n")
+        accelerator.wait_for_everyone()
     rows = _existing(folder)[: config.num_class_images]
     texts = [row.get("text") or class_row(config, i)["text"] for i, row in enumerate(rows)]
     features = datasets.Features({"image": datasets.Image(decode=False), "text": datasets.Value("string")})

@@ -459,7 +459,8 @@ def _lora_limitations(config: TrainConfig, base: str) -> str:
              "nothing but what its validation images show unless its folder holds an eval.json.",
              f"It trained for {config.max_train_steps} steps."]
     if config.with_prior_preservation:
-        items.append(f"Prior preservation kept {config.num_class_images} images of {config.class_prompts} in view.")
+        source = config.class_prompts or f"`{config.class_data_dir}`"
+        items.append(f"Prior preservation kept {config.num_class_images} images of {source} in view.")
     items.append("It has no safety checker and was not evaluated for bias or misuse.")
     return "\n".join(f"- {item}" for item in items)
 
