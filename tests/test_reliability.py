@@ -445,6 +445,27 @@ def test_truncated_jpeg_is_skipped_with_a_counted_warning(tmp_path, caplog):
     assert len(json.loads((out / "loss_history.json").read_text())) == 2
 
 
+def test_two_processes_share_the_image_check_and_agree_on_what_they_found(tmp_path):
+    """Each of 2 processes decodes its half of the images (rows 0-3 and 4-8 of 9): a bad image in the second half
+    stops both with the one error naming it, before anything is written; skipped, both train on the same rows."""
+    folder = imagefolder(tmp_path, n=9)
+    truncate(folder / "07.jpeg")
+    data = ["dataset_name=null", f"train_data_dir={folder}", f"cache_dir={tmp_path / 'hf'}", "max_train_steps=2",
+            "validation_steps=null", "checkpointing_steps=null"]
+    result = launch_two(tmp_path / "stopped", *data, port=29591)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: Cannot read image")]
+    # Each process prints the one-line error, not a trace (the launcher's own trace of its failed children follows).
+    assert result.returncode != 0 and "training/data.py" not in result.stderr, result.stderr[-3000:]
+    assert len(errors) == 2 and all(line.startswith(f"error: Cannot read image '{folder / '07.jpeg'}' (row 7) from ")
+                                    for line in errors), errors  # fmt: skip
+    assert not (tmp_path / "stopped").exists()
+    result = launch_two(tmp_path / "skipped", *data, "on_bad_image=skip", port=29592)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on_bad_image=skip: skipped 1 of 9 images that cannot be read: " in result.stderr
+    assert "07.jpeg" in result.stderr
+    assert len(json.loads((tmp_path / "skipped" / "loss_history.json").read_text())) == 2
+
+
 @pytest.mark.parametrize("overrides, error, match", [
     (["dataset_name=null", "train_data_dir={tmp}/nowhere"], FileNotFoundError,
      r"`train_data_dir`: '.*nowhere' is not a directory"),

@@ -225,28 +225,38 @@ def _check_captions(dataset: datasets.Dataset, caption_column: str) -> None:
 
 
 def _check_images(dataset: datasets.Dataset, on_bad_image: str, source: str) -> datasets.Dataset:
-    """Decode every image once, so a bad file fails (or is skipped) now rather than hours into training."""
-    bad: list[str] = []
-    good: list[int] = []
-    for index, cell in enumerate(dataset.select_columns([IMAGE_COLUMN])[IMAGE_COLUMN]):
-        try:
-            open_image(cell)
-        except Exception as error:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
-            name = _image_name(cell, index)
-            if on_bad_image == "stop":
-                raise ValueError(
-                    f"Cannot read image {name} from {source}: {error}. Fix or remove it, or set on_bad_image=skip."
-                ) from error
-            bad.append(name)
-        else:
-            good.append(index)
+    """Decode every image once, so a bad file fails (or is skipped) now rather than hours into training. With N
+    processes each decodes its own N-th of the rows and they share what they found: every process then raises the
+    same error, or keeps the same rows."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    images = dataset.select_columns([IMAGE_COLUMN])
+    first, end = (len(dataset) * rank // state.num_processes for rank in (state.process_index, state.process_index + 1))
+    bad: list[tuple[int, str, str]] = []  # (row, name, PIL's reason)
+    for start in range(first, end, 256):  # 256 rows at a time: never every image's bytes at once
+        cells = images[start : min(start + 256, end)][IMAGE_COLUMN]
+        for index, cell in enumerate(cells, start=start):
+            try:
+                open_image(cell)
+            except Exception as error:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
+                bad.append((index, _image_name(cell, index), str(error)))
+    if state.num_processes > 1:
+        bad = sorted(gather_object(bad))
     if not bad:
         return dataset
-    examples = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+    if on_bad_image == "stop":
+        _, name, reason = bad[0]
+        raise ValueError(f"Cannot read image {name} from {source}: {reason}. Fix or remove it, or set "
+                         "on_bad_image=skip.")
+    names = [name for _, name, _ in bad]
+    examples = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     logger.warning(f"on_bad_image=skip: skipped {len(bad)} of {len(dataset)} images that cannot be read: {examples}")
-    if not good:
+    if len(bad) == len(dataset):
         raise ValueError(f"The dataset from {source} has no readable images ({len(bad)} unreadable).")
-    return dataset.select(good)
+    unreadable = {index for index, _, _ in bad}
+    return dataset.select([i for i in range(len(dataset)) if i not in unreadable])
 
 
 def _image_name(cell: dict, index: int) -> str:

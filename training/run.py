@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import sharded
-from .config import save_config
+from .config import BUILTIN_DATASETS, save_config
 from .data import build_train_dataloader, load_train_dataset, seeded_generator
 from .errors import NonFiniteLossError, UsageError
 from .streaming import StreamLoader, load_stream
@@ -137,7 +137,10 @@ def train_data(config, accelerator, batch_size: int | None = None, multiple: int
                               accumulation=config.gradient_accumulation_steps)  # fmt: skip
         logger.info(f"streaming: {loader.describe()}", main_process_only=True)
         return stream, loader
-    with main_process_first(accelerator):  # a built-in dataset is built once, by the main process
+    # A built-in dataset is built once, by the main process. Any other source every process loads at once (datasets
+    # locks its cache while one builds it), each checking its share of the images.
+    builtin = config.dataset_name in BUILTIN_DATASETS
+    with main_process_first(accelerator) if builtin else contextlib.nullcontext():
         dataset = load_train_dataset(config)
     loader, _ = build_train_dataloader(dataset, config, batch_size, num_processes=accelerator.num_processes,
                                        multiple=multiple, pixels=pixels)  # fmt: skip
