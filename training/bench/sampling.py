@@ -1,7 +1,7 @@
 """Sampling side by side: sculpt's `LatentDiffusionPipeline` (with our DDPMScheduler, and with diffusers') against
 diffusers' `StableDiffusionPipeline`, all on the very same component objects, the same prompts and the same
-per-image generators. Calls are interleaved (ours, ours + diffusers' scheduler, SD; again) and each pipeline runs one
-untimed call first, so one-time costs and a drifting machine load fall on all of them alike."""
+per-image generators. Calls are interleaved (ours, ours + diffusers' scheduler, SD; then the order rotated by one) and
+each pipeline runs one untimed call first, so one-time costs and a drifting machine load fall on all of them alike."""
 
 from __future__ import annotations
 
@@ -58,8 +58,11 @@ def bench_sampling(model_dir: str | Path, prompts: list[str], steps: int, guidan
         sample(pipe, prompts, 2, guidance, seed)
     seconds = {name: [] for name in pipes}
     images = {}
-    for _ in tqdm(range(repeats), desc="sampling"):
-        for name, pipe in pipes.items():
+    names = list(pipes)
+    for repeat in tqdm(range(repeats), desc="sampling"):
+        # Each repeat starts with the next pipeline, so no pipeline always runs first (or right after another).
+        for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+            pipe = pipes[name]
             start = time.perf_counter()
             images[name] = sample(pipe, prompts, steps, guidance, seed)
             seconds[name].append((time.perf_counter() - start) / len(prompts))
