@@ -5,6 +5,8 @@ fine-tuning on the same data and budget, then judge both, and the base, with the
     python scripts/bench_lora.py --base outputs/quickstart/model --out outputs/bench-lora
     python scripts/bench_lora.py --base outputs/quickstart/model --out outputs/bench-lora-orange \
         --config configs/lora-shapes-orange.yaml
+    python scripts/bench_lora.py --base outputs/quickstart/model --out outputs/bench-lora-replay \
+        --config configs/lora-shapes-replay.yaml   # after scripts/make_shapes_dataset.py, as the config says
 
 Steps (each skipped when its output exists, so a rerun after an interruption continues):
     1. train   LoRA, then full fine-tuning: --config as 2 gloo processes (OMP_NUM_THREADS=1 each),
@@ -77,6 +79,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not (args.concept["colors"] or args.concept["backgrounds"]):
         parser.error(f"--config: {args.config} names no new colour (shapes_colors) or background (shapes_backgrounds) "
                      "outside the base grammar, so there is no new concept to measure.")
+    from training.config import load_config
+    from training.dreambooth import check_class_images
+
+    try:  # a replay config's class images must be there before minutes of training start
+        check_class_images(load_config(str(args.config), args.overrides))
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(f"--config: {error}")
     return args
 
 
@@ -145,7 +154,8 @@ def train(args, mode: str, out: Path) -> dict:
     result = {"mode": mode, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1) if cpu else None,
               "peak_rss_mib": round(peak / 1024) if peak else None,
               "images_per_sec": images_per_second(run_dir), "steps": config.max_train_steps,
-              "batch": config.train_batch_size * 2, "learning_rate": config.learning_rate,
+              "batch": config.train_batch_size * 2 * (2 if config.with_prior_preservation else 1),
+              "learning_rate": config.learning_rate,
               "trained_parameters": trained, "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
               "command": " ".join(["accelerate launch --multi_gpu --num_processes 2 scripts/train.py --config",
                                    _relative(args.config), *overrides])}  # fmt: skip

@@ -51,3 +51,15 @@ def test_the_concepts_of_the_shipped_configs():
         "colors": [], "backgrounds": ["yellow"], "label": "yellow background"}
     assert module.concept(ROOT / "configs" / "lora-shapes-orange.yaml") == {
         "colors": ["orange"], "backgrounds": [], "label": "orange"}
+    assert module.concept(ROOT / "configs" / "lora-shapes-replay.yaml") == {
+        "colors": [], "backgrounds": ["yellow"], "label": "yellow background"}
+
+
+def test_a_replay_config_without_its_class_images_is_named_before_anything_runs(tmp_path):
+    (tmp_path / "model_index.json").write_text("{}")
+    result = subprocess.run([sys.executable, SCRIPT, "--base", str(tmp_path), "--out", str(tmp_path / "out"),
+                             "--config", str(ROOT / "configs" / "lora-shapes-replay.yaml"),
+                             f"class_data_dir={tmp_path / 'missing'}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"--config: `class_data_dir`: '{tmp_path / 'missing'}' is not a folder" in result.stderr
+    assert not (tmp_path / "out").exists()
