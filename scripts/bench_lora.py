@@ -148,14 +148,14 @@ def train(args, mode: str, out: Path) -> dict:
     load_before = os.getloadavg()[0]
     seconds, peak, cpu = run(launch, out / f"train-{mode}.log")
     from training.config import load_config
+    from training.dreambooth import images_per_batch
 
     config = load_config(str(run_dir / "config.yaml"))
     trained = _trained_parameters(run_dir, mode, args.base)
     result = {"mode": mode, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1) if cpu else None,
               "peak_rss_mib": round(peak / 1024) if peak else None,
               "images_per_sec": images_per_second(run_dir), "steps": config.max_train_steps,
-              "batch": config.train_batch_size * 2 * (2 if config.with_prior_preservation else 1),
-              "learning_rate": config.learning_rate,
+              "batch": images_per_batch(config) * 2, "learning_rate": config.learning_rate,
               "trained_parameters": trained, "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
               "command": " ".join(["accelerate launch --multi_gpu --num_processes 2 scripts/train.py --config",
                                    _relative(args.config), *overrides])}  # fmt: skip

@@ -80,6 +80,11 @@ def draw_class_images(config, folder: Path, start: int, count: int, progress: bo
             image.save(folder / row["file_name"])
 
 
+def images_per_batch(config) -> int:
+    """Images in one process's micro-batch: `train_batch_size`, and as many class images with prior preservation."""
+    return config.train_batch_size * (2 if config.with_prior_preservation else 1)
+
+
 def check_class_images(config) -> None:
     """Without `class_prompts` nothing can be drawn: `class_data_dir` must hold `num_class_images` images, each with
     its caption in metadata.jsonl. Raises ValueError / FileNotFoundError naming what is missing, before training."""

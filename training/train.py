@@ -207,8 +207,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     run_settings = ckpt.fingerprint(config, accelerator.num_processes)  # recorded in every checkpoint
     plan = run.EpochPlan.make(len(dataloader), config.gradient_accumulation_steps, config.max_train_steps, global_step)
 
-    # Images per process per micro-step: with prior preservation each training image comes with a class image.
-    per_process = config.train_batch_size * (1 if prior_from is None else 2)
+    per_process = dreambooth.images_per_batch(config)  # with prior preservation, training + class images
     total_batch = per_process * accelerator.num_processes * config.gradient_accumulation_steps
     logger.info(
         f"Training {config.max_train_steps} steps: {len(dataset)} examples, {accelerator.num_processes} process(es), "
