@@ -227,7 +227,8 @@ def _check_captions(dataset: datasets.Dataset, caption_column: str) -> None:
 def _check_images(dataset: datasets.Dataset, on_bad_image: str, source: str) -> datasets.Dataset:
     """Decode every image once, so a bad file fails (or is skipped) now rather than hours into training. With N
     processes each decodes its own N-th of the rows and they share what they found: every process then raises the
-    same error, or keeps the same rows."""
+    same error, or keeps the same rows. The sharing is a collective: every process must get here together, so never
+    under `main_process_first` (training.run.train_data loads a checked source on all processes at once)."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
