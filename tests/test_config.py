@@ -242,6 +242,8 @@ def test_missing_and_malformed_files(tmp_path):
         (["vae_train_batch_size=0"], r"`vae_train_batch_size`: 0 must be ≥ 1"),
         (["mixed_precision=fp32"], r"`mixed_precision`: 'fp32' is not one of 'no', 'fp16', 'bf16'"),
         (["attention_processor=flash"], r"`attention_processor`: 'flash' is not one of 'sdpa', 'classic'"),
+        (["dynamo_backend=max-autotune"], r"`dynamo_backend`: 'max-autotune' is not one of 'no', 'inductor', "
+                                          r"'aot_eager', 'eager'"),
         (["prediction_type=eps"], r"`prediction_type`: 'eps' is not one of 'epsilon', 'v_prediction', 'sample'"),
         (["lr_scheduler=cosine_annealing"], r"`lr_scheduler`: 'cosine_annealing' is not one of 'constant', "
                                             r"'constant_with_warmup', 'linear', 'cosine', 'cosine_with_restarts', "
@@ -423,6 +425,7 @@ def test_resumable_and_stage_keys_come_from_the_fields():
         "validation_resolutions",  # added with aspect-ratio bucketing
         "trigger_words",  # added with LoRA (the model card's)
         "latent_cache_dir", "main_process_timeout",  # added with scale-out (issue 14)
+        "dynamo_backend",  # added with torch.compile (issue 17): how the step runs, not what it trains
     }  # fmt: skip
     vae_only = {"vae_train_batch_size", "vae_learning_rate", "kl_weight"}
     diffusion_only = {
@@ -437,6 +440,7 @@ def test_resumable_and_stage_keys_come_from_the_fields():
         "class_guidance_scale", "class_num_inference_steps", "prior_loss_weight",
         "latent_cache",  # added with scale-out (issue 14)
         "attention_processor",  # added with the step candidates (issue 17)
+        "dynamo_backend",  # added with torch.compile (issue 17): the VAE stage runs eager
     }  # fmt: skip
     assert RESUMABLE_CHANGES == run_keys | vae_only
     assert DIFFUSION_ONLY_KEYS == diffusion_only

@@ -132,3 +132,12 @@ def test_fsdp_refuses_the_vae_stage(tmp_path):
     assert done.returncode != 0
     assert "run scripts/train_vae.py with DDP (--multi_gpu) instead" in done.stderr, done.stderr[-3000:]
     assert not (tmp_path / "vae").exists()
+
+
+@pytest.mark.slow
+def test_fsdp_refuses_a_compiled_step(tmp_path):
+    done = train(fsdp_launch(29736), tmp_path / "run", tmp_path / "hf", "dynamo_backend=inductor")
+    assert done.returncode != 0
+    assert "error: `dynamo_backend`: 'inductor' compiles the UNet's forward for one process or DDP; this launch is " \
+           "FSDP. Use dynamo_backend=no with it." in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "run").exists()

@@ -162,14 +162,17 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("cached", [False, True], ids=["pixels", "cached-latents"])
-def test_two_processes_match_one_process_with_the_combined_batch(tmp_path, cached):
+@pytest.mark.parametrize("variant", ["pixels", "cached-latents", "compiled"])
+def test_two_processes_match_one_process_with_the_combined_batch(tmp_path, variant):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU is real DDP (gloo): 2 x batch 2 == 1 x batch 4. With
-    `cache_latents` each process encodes half the batches and both receive the whole cache."""
+    `cache_latents` each process encodes half the batches and both receive the whole cache. With `dynamo_backend`
+    the compiled wrapper sits around DDP's (its graphs split at DDP's gradient buckets) and still syncs gradients."""
     common = ["max_train_steps=3", "use_ema=false", "validation_prompts=[]", "train_text_encoder=false",
               "cache_text_embeddings=false"]
-    if cached:
+    if variant == "cached-latents":
         common += ["cache_latents=true", "center_crop=true", "random_flip=false"]
+    if variant == "compiled":  # aot_eager: dynamo and AOTAutograd without inductor's minutes of code generation
+        common += ["dynamo_backend=aot_eager"]
     one, two = tmp_path / "one", tmp_path / "two"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     for out, procs, batch in ((one, 1, 4), (two, 2, 2)):

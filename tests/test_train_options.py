@@ -5,6 +5,7 @@ offset, zero terminal SNR, and the text encoding training shares with the pipeli
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,76 @@ def test_classic_attention_processor_trains_the_same_model(tmp_path):
     assert losses(runs["sdpa"]) == pytest.approx(losses(runs["classic"]), rel=1e-4)
     assert json.loads((runs["classic"] / "unet" / "config.json").read_text()) == json.loads(
         (runs["sdpa"] / "unet" / "config.json").read_text())  # fmt: skip
+
+
+def graphs_compiled_by(config) -> tuple[Path, int]:
+    """`main(config)`'s output folder, and how many graphs torch.compile built while it ran."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    return main(config), counters["stats"]["unique_graphs"]
+
+
+def test_dynamo_backend_compiles_the_training_forward_and_nothing_else(tmp_path):
+    """`dynamo_backend` runs the UNet's training forward through torch.compile ("aot_eager" here: dynamo's graphs
+    and AOTAutograd's joint forward/backward, without inductor's code generation, so seconds instead of minutes). The
+    losses are eager's; validation samples (another batch, no grad, eval mode) use the module itself, so they compile
+    nothing more; the saved UNet and the checkpoint hold the module's own names."""
+    eager, graphs = graphs_compiled_by(tiny(tmp_path / "eager", "max_train_steps=3", *QUIET))
+    assert graphs == 0
+    compiled, training_graphs = graphs_compiled_by(tiny(tmp_path / "compiled", "max_train_steps=3",
+                                                        "dynamo_backend=aot_eager", *QUIET))  # fmt: skip
+    assert training_graphs > 0
+    assert losses(compiled) == losses(eager)
+
+    validated, graphs = graphs_compiled_by(tiny(tmp_path / "validated", "max_train_steps=3", "dynamo_backend=aot_eager",
+                                                "use_ema=false", "validation_prompts=[a red circle]",
+                                                "validation_steps=2", "checkpointing_steps=3"))  # fmt: skip
+    assert graphs == training_graphs  # a validation and the final samples compiled no graph of their own
+    assert (validated / "samples.png").exists() and losses(validated) == losses(eager)
+    saved = weights(validated / "unet" / "diffusion_pytorch_model.safetensors")
+    checkpoint = weights(validated / "checkpoint-3" / "model.safetensors")
+    assert saved.keys() == checkpoint.keys() and not any("_orig_mod" in k for k in saved)
+    assert all(torch.equal(saved[k], checkpoint[k]) for k in saved)
+
+
+def test_a_compiled_run_resumes_to_the_uninterrupted_compiled_run(tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run = ("max_train_steps=4", "checkpointing_steps=2", "dynamo_backend=aot_eager", "validation_prompts=[]")
+    main(tiny(full, *run))
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
+    main(tiny(resumed, *run, "resume_from_checkpoint=latest"))
+    a, b = (weights(f / "unet" / "diffusion_pytorch_model.safetensors") for f in (full, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(full) == losses(resumed)
+
+
+def test_accelerate_launchs_own_dynamo_backend_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """`accelerate launch --dynamo_backend inductor` would have accelerate compile the whole prepared model
+    (sampling and checkpoint names included): the run stops at once and says which key to set instead."""
+    from training.errors import UsageError
+
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
+    with pytest.raises(UsageError, match=r"accelerate launch asked for torch\.compile \(dynamo backend 'inductor', "
+                                         r"from --dynamo_backend or its config file\).* launch with --dynamo_backend no "
+                                         r"and set dynamo_backend=inductor"):
+        main(tiny(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    main(tiny(tmp_path / "run", "dynamo_backend=inductor", "max_train_steps=1", "validation_prompts=[]"),
+         dry_run=True)  # the same launch with the key set builds the run
+
+
+@pytest.mark.slow
+def test_inductor_trains_what_eager_trains(tmp_path):
+    """The real thing: inductor's generated C++ for the forward and backward (1.5-2.5 min of compiling on 2 cores
+    with an empty cache) trains within float rounding of eager."""
+    eager = main(tiny(tmp_path / "eager", "max_train_steps=4", *QUIET))
+    compiled = main(tiny(tmp_path / "compiled", "max_train_steps=4", "dynamo_backend=inductor", *QUIET))
+    assert losses(compiled) == pytest.approx(losses(eager), rel=1e-4)
+    a, b = (weights(f / "unet" / "diffusion_pytorch_model.safetensors") for f in (eager, compiled))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
 
 
 def test_noise_offset_changes_the_loss(tmp_path):

@@ -19,6 +19,9 @@ from .errors import USER_ERRORS, TrainingError
 # Vocabularies that scripts check before importing torch; training.config checks its keys against the same tuples.
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 ATTENTION_PROCESSORS = ("sdpa", "classic")  # diffusers' default AttnProcessor2_0, or AttnProcessor (bf16 on CPU)
+# torch.compile backends for the UNet's training forward ("no": eager). "inductor" is the one that makes code faster;
+# "aot_eager" and "eager" trace without generating code (to find a graph break or a wrong result quickly).
+DYNAMO_BACKENDS = ("no", "inductor", "aot_eager", "eager")
 
 
 def fail(prog: str, message: str, code: int = 2) -> None:

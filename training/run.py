@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -51,6 +51,9 @@ from .errors import NonFiniteLossError, UsageError
 from .streaming import StreamLoader, load_stream
 
 logger = get_logger(__name__)
+
+# Where `dynamo_backend` compiles the UNet's training forward: one process, or DDP (on CPUs or GPUs).
+COMPILED_DISTRIBUTED_TYPES = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -72,7 +75,16 @@ def make_accelerator(config, output_dir: Path, script: str = "scripts/train.py")
     instead of one DDP (gloo) run. A launch that still ends up with fewer processes than WORLD_SIZE is refused, and
     so is one with another number of processes than `num_processes` (the effective batch depends on it)."""
     check_tracker(config.report_to)
+    launcher = os.environ.get("ACCELERATE_DYNAMO_BACKEND", "no").lower()  # accelerate launch's --dynamo_backend
+    if launcher not in ("no", config.dynamo_backend):
+        raise UsageError(
+            f"accelerate launch asked for torch.compile (dynamo backend {launcher!r}, from --dynamo_backend or its "
+            f"config file), which compiles the whole wrapped model, sampling and checkpoints included. sculpt compiles "
+            f"the UNet's training forward itself: launch with --dynamo_backend no and set dynamo_backend={launcher} "
+            f"(scripts/train.py; the VAE stage runs eager)."
+        )
     accelerator = Accelerator(
+        dynamo_backend="no",  # never accelerate's compile of the prepared model: see `compiled_forward`
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
         log_with=None if config.report_to == "none" else config.report_to,
@@ -93,6 +105,11 @@ def make_accelerator(config, output_dir: Path, script: str = "scripts/train.py")
             f"num_processes={accelerator.num_processes}, which changes the effective batch)."
         )
     sharded.enable_fsdp_on_cpu(accelerator, config, script)
+    if config.dynamo_backend != "no" and accelerator.distributed_type not in COMPILED_DISTRIBUTED_TYPES:
+        raise UsageError(
+            f"`dynamo_backend`: {config.dynamo_backend!r} compiles the UNet's forward for one process or DDP; this "
+            f"launch is {accelerator.distributed_type.value}. Use dynamo_backend=no with it."
+        )
     warning = cpu_bf16_warning(accelerator.mixed_precision, accelerator.device.type)
     if warning:
         logger.warning(warning, main_process_only=True)
@@ -217,6 +234,18 @@ def make_ema(config, model, device):
     return ema
 
 
+def compiled_forward(config, accelerator, model):
+    """`model` as the training step calls it: itself, or with `dynamo_backend` a `torch.compile` wrapper around it
+    (after `prepare`, so around DDP's wrapper: torch's supported way, whose graphs break at DDP's gradient buckets).
+    The wrapper shares the module's parameters; everything else (EMA, checkpoints, validation, the judge, the saved
+    pipeline) keeps using the module itself, so sampling stays eager and nothing saved carries `_orig_mod.` names."""
+    if config.dynamo_backend == "no":
+        return model
+    accelerator.print(f"dynamo_backend={config.dynamo_backend}: the first step compiles the UNet's forward and "
+                      f"backward (minutes on a CPU, unless torch's compile cache already holds it)")
+    return torch.compile(model, backend=config.dynamo_backend)
+
+
 def make_optimizer(config, params, learning_rate: float) -> torch.optim.AdamW:
     """AdamW (decoupled weight decay, arXiv 1711.05101) with the config's betas, decay and eps, fused into one
     kernel where torch has one for the parameters' device (CUDA, and CPU since torch 2.4): the per-tensor loop of the
@@ -339,8 +368,6 @@ def guarded_step(accelerator, params, loss, optimizer, lr_scheduler, config) -> 
 def clip_gradients(accelerator, params, max_norm: float) -> torch.Tensor:
     """accelerate's `clip_grad_norm_`, with torch's multi-tensor (foreach) norm where accelerate would call torch's
     plain one (no sharding: one process, or DDP): ~2× faster over many small tensors on CPU."""
-    from accelerate.utils import DistributedType
-
     if accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
         accelerator.unscale_gradients()
         return torch.nn.utils.clip_grad_norm_(list(params), max_norm, foreach=True)

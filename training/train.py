@@ -189,6 +189,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
     else:
         unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
     params = [p for group in optimizer.param_groups for p in group["params"]]  # FSDP's prepare makes them shards
+    forward = run.compiled_forward(config, accelerator, unet)  # the UNet itself, or its compiled training forward
     if adapters:  # checkpoints hold the adapters (pytorch_lora_weights.safetensors), not the frozen UNet
         lora.register_checkpoint_hooks(accelerator, unet, text_encoder, config.train_text_encoder_lora)
     if accelerator.is_main_process and config.report_to != "none":
@@ -242,7 +243,7 @@ def main(config: TrainConfig, dry_run: bool = False) -> Path:
                 noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)  # Eq. 4
                 target = training_target(noise_scheduler, latents, noise, timesteps)
 
-                model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
+                model_pred = forward(noisy_latents, timesteps, encoder_hidden_states).sample
                 is_prior = dreambooth.prior_mask(batch["indices"], prior_from)  # None without prior preservation
                 loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, config.snr_gamma, is_prior,
                                       config.prior_loss_weight)  # fmt: skip
