@@ -226,7 +226,7 @@ def measure(args, config, argv: list[str]) -> None:
     # 2. A Python for diffusers' script.
     try:
         if args.diffusers_python:
-            diffusers_python = args.diffusers_python
+            diffusers_python = os.path.abspath(args.diffusers_python)  # the runs start in folders of their own
             notes.append(f"diffusers' script ran with --diffusers_python {diffusers_python}.")
         else:
             print("making the venv for diffusers' script (torchvision) ...")

@@ -313,10 +313,11 @@ class TrainConfig:
     # sizes (docs/performance.md, the step candidates). Training only: the saved model has no processor setting.
     attention_processor: str = _diffusion("sdpa")
     # torch.compile the UNet's training forward with this backend ("inductor"; "no": eager, the exact default). The
-    # first step compiles (~1.5-4 min on 2 CPU cores, seconds once torch's cache in /tmp holds it); after that the
-    # quickstart UNet's bf16 step ran 1.37x faster (docs/performance.md). Validation, the judge and the saved model
-    # use the module itself, uncompiled. Not bit-identical to eager, and not with FSDP / DeepSpeed. Set it here, not
-    # with `accelerate launch --dynamo_backend` (which would compile the whole wrapped model; it is refused).
+    # first step compiles (~2.5-4 min on 2 CPU cores with an empty cache, ~40 s once torch's cache in /tmp holds it).
+    # Validation, the judge and the saved model use the module itself, uncompiled. Not bit-identical to eager. Refused
+    # with FSDP / DeepSpeed, and on CPU with bf16/fp16 autocast (torch 2.13's inductor gets that backward wrong there:
+    # docs/performance.md). Set it here, not with `accelerate launch --dynamo_backend` (refused: it would compile the
+    # whole wrapped model).
     dynamo_backend: str = _key("no", resumable=True, stage="diffusion")
     # Encode each image with the frozen VAE once instead of every step. A cache holds the center crop of each image
     # (so random crops are refused: they would be the same every epoch); in memory one view, on disk both flips.

@@ -105,6 +105,13 @@ def make_accelerator(config, output_dir: Path, script: str = "scripts/train.py")
             f"num_processes={accelerator.num_processes}, which changes the effective batch)."
         )
     sharded.enable_fsdp_on_cpu(accelerator, config, script)
+    if config.dynamo_backend == "inductor" and accelerator.device.type == "cpu" and config.mixed_precision != "no":
+        raise UsageError(
+            f"`dynamo_backend`: 'inductor' with mixed_precision={config.mixed_precision} on a CPU: torch "
+            f"{torch.__version__}'s inductor computes wrong gradients for the bf16-autocast UNet here (the forward "
+            f"matches eager, the backward does not: a quickstart trained so judged 0.04 instead of 0.92; "
+            f"docs/performance.md). Use mixed_precision=no with it, or dynamo_backend=no."
+        )
     if config.dynamo_backend != "no" and accelerator.distributed_type not in COMPILED_DISTRIBUTED_TYPES:
         raise UsageError(
             f"`dynamo_backend`: {config.dynamo_backend!r} compiles the UNet's forward for one process or DDP; this "
