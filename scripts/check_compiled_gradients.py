@@ -4,8 +4,8 @@ inputs), eager and compiled, compared output by output and gradient by gradient:
     python scripts/check_compiled_gradients.py --config configs/shapes.yaml --backend inductor --mixed_precision bf16
 
 prints the largest output difference and every parameter whose gradient is off by more than --tolerance (relative
-norm), and exits 1 when any is. With torch 2.13 on CPU, inductor with bf16 autocast fails it (all 294 of the
-quickstart UNet's gradients off, by 9-100%) while fp32 passes: why the trainer refuses `dynamo_backend=inductor` with
+norm), and exits 1 when any is. With torch 2.13 on CPU, inductor with bf16 autocast fails it (294 of the
+quickstart UNet's 324 gradients off, 278 by 100%) while fp32 passes: why the trainer refuses `dynamo_backend=inductor` with
 mixed precision on a CPU (docs/performance.md). Rerun it on a new torch to see whether that still holds.
 """
 
