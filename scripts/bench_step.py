@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from training.bench.step import bench_step
 
+    if any(args.compile) and "bf16" in args.mixed_precision and not torch.cuda.is_available():
+        print("note: on CPU, torch 2.13's inductor computes wrong gradients for the bf16-autocast UNet "
+              "(scripts/check_compiled_gradients.py; docs/performance.md): a compiled bf16 row here times another "
+              "computation than eager's, not the same step faster.")
     previous = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
