@@ -52,8 +52,9 @@ from .streaming import StreamLoader, load_stream
 
 logger = get_logger(__name__)
 
-# Where `dynamo_backend` compiles the UNet's training forward: one process, or DDP (on CPUs or GPUs).
-COMPILED_DISTRIBUTED_TYPES = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+# Launches whose every process holds whole parameters (one process, or DDP on CPUs or GPUs): where gradients are
+# clipped with torch's foreach norm and where `dynamo_backend` compiles the UNet's training forward.
+UNSHARDED = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def make_accelerator(config, output_dir: Path, script: str = "scripts/train.py")
             f"matches eager, the backward does not: a quickstart trained so judged 0.04 instead of 0.92; "
             f"docs/performance.md). Use mixed_precision=no with it, or dynamo_backend=no."
         )
-    if config.dynamo_backend != "no" and accelerator.distributed_type not in COMPILED_DISTRIBUTED_TYPES:
+    if config.dynamo_backend != "no" and accelerator.distributed_type not in UNSHARDED:
         raise UsageError(
             f"`dynamo_backend`: {config.dynamo_backend!r} compiles the UNet's forward for one process or DDP; this "
             f"launch is {accelerator.distributed_type.value}. Use dynamo_backend=no with it."
@@ -375,7 +376,7 @@ def guarded_step(accelerator, params, loss, optimizer, lr_scheduler, config) -> 
 def clip_gradients(accelerator, params, max_norm: float) -> torch.Tensor:
     """accelerate's `clip_grad_norm_`, with torch's multi-tensor (foreach) norm where accelerate would call torch's
     plain one (no sharding: one process, or DDP): ~2× faster over many small tensors on CPU."""
-    if accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+    if accelerator.distributed_type in UNSHARDED:
         accelerator.unscale_gradients()
         return torch.nn.utils.clip_grad_norm_(list(params), max_norm, foreach=True)
     return accelerator.clip_grad_norm_(params, max_norm)
