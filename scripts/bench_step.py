@@ -97,10 +97,14 @@ def main(argv: list[str] | None = None) -> None:
 
     from training.bench.step import bench_step
 
-    if any(args.compile) and "bf16" in args.mixed_precision and not torch.cuda.is_available():
-        print("note: on CPU, torch 2.13's inductor computes wrong gradients for the bf16-autocast UNet "
-              "(scripts/check_compiled_gradients.py; docs/performance.md): a compiled bf16 row here times another "
-              "computation than eager's, not the same step faster.")
+    from training.run import compiled_autocast_problem
+
+    problem = compiled_autocast_problem("inductor" if any(args.compile) else "no",
+                                        "bf16" if "bf16" in args.mixed_precision else "no",
+                                        "cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip
+    if problem:
+        print(f"note: {problem}: a compiled bf16 row here times another computation than eager's, not the same step "
+              f"faster.")
     previous = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)

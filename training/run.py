@@ -70,6 +70,17 @@ def cpu_bf16_warning(mixed_precision: str, device_type: str, remedy: str = "mixe
             f"kernels are emulated here and train tens of times slower than fp32; use {remedy}.")
 
 
+def compiled_autocast_problem(backend: str, mixed_precision: str, device_type: str) -> str | None:
+    """Why a compiled step under autocast cannot be trusted here, or None: torch 2.13's inductor gets the
+    bf16-autocast UNet's backward wrong on CPU (scripts/check_compiled_gradients.py; docs/performance.md). The
+    trainer refuses the combination; bench_step.py says what its compiled bf16 row then times."""
+    if backend != "inductor" or device_type != "cpu" or mixed_precision == "no":
+        return None
+    return (f"torch {torch.__version__}'s inductor computes wrong gradients for the bf16-autocast UNet here (the "
+            f"forward matches eager, the backward does not: a quickstart trained so judged 0.04 instead of 0.92; "
+            f"docs/performance.md)")
+
+
 def make_accelerator(config, output_dir: Path, script: str = "scripts/train.py") -> Accelerator:
     """An Accelerator for `config`. It asks for CPU explicitly when there is no GPU: otherwise
     `accelerate launch --multi_gpu` on a CPU machine silently runs N independent single-process trainings
@@ -106,13 +117,10 @@ def make_accelerator(config, output_dir: Path, script: str = "scripts/train.py")
             f"num_processes={accelerator.num_processes}, which changes the effective batch)."
         )
     sharded.enable_fsdp_on_cpu(accelerator, config, script)
-    if config.dynamo_backend == "inductor" and accelerator.device.type == "cpu" and config.mixed_precision != "no":
-        raise UsageError(
-            f"`dynamo_backend`: 'inductor' with mixed_precision={config.mixed_precision} on a CPU: torch "
-            f"{torch.__version__}'s inductor computes wrong gradients for the bf16-autocast UNet here (the forward "
-            f"matches eager, the backward does not: a quickstart trained so judged 0.04 instead of 0.92; "
-            f"docs/performance.md). Use mixed_precision=no with it, or dynamo_backend=no."
-        )
+    problem = compiled_autocast_problem(config.dynamo_backend, config.mixed_precision, accelerator.device.type)
+    if problem:
+        raise UsageError(f"`dynamo_backend`: 'inductor' with mixed_precision={config.mixed_precision} on a CPU: "
+                         f"{problem}. Use mixed_precision=no with it, or dynamo_backend=no.")
     if config.dynamo_backend != "no" and accelerator.distributed_type not in UNSHARDED:
         raise UsageError(
             f"`dynamo_backend`: {config.dynamo_backend!r} compiles the UNet's forward for one process or DDP; this "
